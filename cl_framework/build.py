@@ -1,0 +1,141 @@
+"""Build a run from a config: validate, load data, construct every object, wire the plug-ins.
+
+Everything that can be wrong with the input (config keys, data files, incompatible choices)
+fails here, before any training starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import CSVLogger, Logger
+
+from cl_framework.backbones import build_backbone
+from cl_framework.buffer import ReplayBuffer
+from cl_framework.engine.heads import HeadManager
+from cl_framework.engine.module import CLModule
+from cl_framework.engine.plugin import StrategyContext
+from cl_framework.engine.runner import ContinualRunner, resolve_device
+from cl_framework.errors import ConfigError
+from cl_framework.run_config import RunConfig, validate_run_config
+from cl_framework.scenarios import Scenario, build_scenario, load_source
+from cl_framework.scenarios.transforms import BatchTransform
+from cl_framework.strategies.registry import build_strategies, import_strategy_modules
+
+
+def build_scenario_from_config(rc: RunConfig) -> Scenario:
+    s = rc.scenario
+    source = load_source(s.source, rc.paths.data_dir, **s.source_options)
+    return build_scenario(
+        source,
+        name=s.name,
+        setting=s.setting,
+        n_experiences=s.n_experiences,
+        classes_per_experience=s.classes_per_experience,
+        class_order=s.class_order,
+        class_order_seed=s.class_order_seed,
+        val_fraction=s.val_fraction,
+        val_seed=rc.seed,
+    )
+
+
+def build_loggers(rc: RunConfig, output_dir: Path) -> list[Logger]:
+    """CSV always; TensorBoard and wandb when selected (wandb offline unless configured)."""
+    loggers: list[Logger] = [CSVLogger(save_dir=str(output_dir), name="logs", version="")]
+    if "tensorboard" in rc.loggers:
+        from pytorch_lightning.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(save_dir=str(output_dir), name="tensorboard", version=""))
+    if "wandb" in rc.loggers:
+        from pytorch_lightning.loggers import WandbLogger
+
+        w = rc.loggers["wandb"]
+        loggers.append(
+            WandbLogger(
+                project=w.project,
+                entity=w.entity,
+                name=w.name or rc.name,
+                offline=w.mode == "offline",
+                save_dir=str(output_dir),
+                tags=list(w.tags),
+            )
+        )
+    return loggers
+
+
+def build_runner(cfg: Mapping[str, Any], output_dir: Path | str) -> ContinualRunner:
+    """The runner of a validated config, with every object built and plug-ins set up."""
+    output_dir = Path(output_dir)
+    rc = validate_run_config(cfg)
+    import_strategy_modules(rc.extra_modules)
+    plugins = build_strategies(rc.strategy)
+    replay = [p.name for p in plugins if p.uses_buffer]
+    if replay and rc.buffer.size <= 0:
+        raise ConfigError(
+            "buffer.size",
+            f"strategy {replay} replays from the buffer but buffer.size is {rc.buffer.size}",
+            "set buffer.size to a positive number of samples, e.g. buffer.size=200",
+        )
+    scenario = build_scenario_from_config(rc)
+    pl.seed_everything(rc.seed, workers=True, verbose=False)
+    backbone = build_backbone(rc.backbone, scenario.input_shape)
+    tap_users = [p.name for p in plugins if p.needs_taps]
+    if tap_users and not backbone.tap_names:
+        raise ConfigError(
+            "backbone.name",
+            f"strategy {tap_users} needs feature taps but backbone '{rc.backbone['name']}' "
+            "has none",
+            "use a backbone with taps (mlp, resnet18, reduced_resnet18, timm models with "
+            "feature_info)",
+        )
+    heads = HeadManager(scenario.n_classes)
+    device = resolve_device(rc.trainer.accelerator)
+    buffer = None
+    if replay:
+        buffer_device = device if rc.buffer.device == "auto" else torch.device(rc.buffer.device)
+        buffer = ReplayBuffer(
+            rc.buffer.size, policy=rc.buffer.policy, device=buffer_device, seed=rc.seed + 1
+        )
+    s = rc.scenario
+    transform = BatchTransform(
+        mean=scenario.mean if s.normalize else None,
+        std=scenario.std if s.normalize else None,
+        crop_padding=s.crop_padding,
+        hflip=s.hflip,
+        seed=rc.seed + 2,
+    )
+    label_to_experience = torch.zeros(scenario.n_classes, dtype=torch.long)
+    for exp in scenario:
+        label_to_experience[list(exp.classes)] = exp.index
+    module = CLModule(
+        backbone=backbone,
+        heads=heads,
+        plugins=plugins,
+        optimizer=rc.optimizer,
+        transform=transform,
+        task_heads=heads.task_mask([exp.classes for exp in scenario]),
+        label_to_experience=label_to_experience,
+        setting=s.setting,
+        buffer=buffer,
+        log_every_n_steps=rc.trainer.log_every_n_steps,
+        gradient_clip_val=rc.trainer.gradient_clip_val,
+    )
+    runner = ContinualRunner(
+        scenario,
+        module,
+        rc.trainer,
+        seed=rc.seed,
+        loggers=build_loggers(rc, output_dir),
+        output_dir=output_dir,
+    )
+    ctx = StrategyContext(
+        module=module, scenario=scenario, heads=heads, buffer=buffer, runner=runner
+    )
+    for plugin in plugins:
+        plugin.setup(ctx)
+    module.to(device)
+    return runner

@@ -1,0 +1,246 @@
+"""``CLModule``: the LightningModule that owns backbone + heads and calls the strategy plug-ins.
+
+One training step (manual optimisation, so plug-ins may bring their own optimizers):
+
+1. map dataset labels to heads, augment the stream rows on the device;
+2. ``prepare_batch`` of each plug-in (append replay / auxiliary rows);
+3. forward with the plug-ins' tap modifiers (taps recorded if a plug-in needs them);
+4. the base cross-entropy (masked by ``logit_mask`` hooks and, in task-IL, by task) plus every
+   plug-in's named ``loss_terms``;
+5. backward, ``before_optimizer_step`` hooks, step every optimizer;
+6. offer the stream rows (+ plug-ins' ``buffer_fields``) to the shared buffer once;
+7. ``after_train_step`` hooks.
+
+Loss values are kept as tensors and read on the host only every ``log_every_n_steps`` steps, so
+the hot path has no per-step device synchronisation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cl_framework.backbones.taps import Backbone, TapContext, TapModifier
+from cl_framework.buffer import ReplayBuffer
+from cl_framework.engine.heads import HeadManager
+from cl_framework.engine.optim import OptimizerConfig, build_optimizer, build_scheduler
+from cl_framework.engine.plugin import (
+    HOOKS,
+    ROLE_EVAL,
+    ROLE_REPLAY,
+    ROLE_STREAM,
+    Batch,
+    ForwardOutput,
+    StrategyPlugin,
+)
+from cl_framework.scenarios.transforms import BatchTransform
+
+
+@dataclass
+class StepLog:
+    """Loss tensors of recent steps, converted to floats only when logged."""
+
+    every_n_steps: int = 50
+    pending: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def _chain(first: TapModifier, second: TapModifier) -> TapModifier:
+    return lambda t: second(first(t))
+
+
+class CLModule(pl.LightningModule):
+    """Backbone + output heads + strategy plug-ins; trained one experience per Lightning fit."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        heads: HeadManager,
+        plugins: list[StrategyPlugin],
+        optimizer: OptimizerConfig,
+        transform: BatchTransform,
+        task_heads: torch.Tensor,
+        label_to_experience: torch.Tensor,
+        setting: str = "class-il",
+        buffer: ReplayBuffer | None = None,
+        log_every_n_steps: int = 50,
+        gradient_clip_val: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.backbone = backbone
+        self.heads = heads
+        self.head = nn.Linear(backbone.feature_dim, heads.n_heads)
+        self.plugins = nn.ModuleList(plugins)
+        self.optimizer_config = optimizer
+        self.transform = transform
+        self.setting = setting
+        self.buffer = buffer
+        self.gradient_clip_val = gradient_clip_val
+        self.register_buffer("task_heads", task_heads.clone(), persistent=False)
+        self.register_buffer("label_to_experience", label_to_experience.clone(), persistent=False)
+        self._hooks: dict[str, list[StrategyPlugin]] = {
+            hook: [p for p in plugins if p.overrides(hook)] for hook in HOOKS
+        }
+        self.uses_buffer = buffer is not None and any(p.uses_buffer for p in plugins)
+        self.records_taps = any(p.needs_taps for p in plugins)
+        self.experience_index = 0
+        self.step_count = 0
+        self.step_log = StepLog(every_n_steps=max(1, log_every_n_steps))
+        self.last_losses: dict[str, float] = {}
+        self._schedulers: list[Any] = []
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor, taps: TapContext | None = None) -> torch.Tensor:
+        """Logits over all heads for a float input batch."""
+        return self.head(self.backbone(x, taps))
+
+    def hooks(self, name: str) -> list[StrategyPlugin]:
+        """The plug-ins that implement hook ``name``, in strategy order."""
+        return self._hooks[name]
+
+    def run_forward(self, x: torch.Tensor, role: str = ROLE_STREAM) -> ForwardOutput:
+        """Forward a float batch with the plug-ins' tap modifiers; records taps when needed."""
+        modifiers: dict[str, TapModifier] = {}
+        for plugin in self._hooks["tap_modifiers"]:
+            for name, fn in (plugin.tap_modifiers(x, role) or {}).items():
+                modifiers[name] = _chain(modifiers[name], fn) if name in modifiers else fn
+        record = self.records_taps and role != ROLE_EVAL
+        ctx = TapContext(record=record, modifiers=modifiers) if (record or modifiers) else None
+        features = self.backbone(x, ctx)
+        logits = self.head(features)
+        return ForwardOutput(logits=logits, features=features, taps=ctx.records if ctx else {})
+
+    def replay_forward(self, x_raw: torch.Tensor) -> ForwardOutput:
+        """Augment raw buffer rows and forward them (role ``replay``)."""
+        return self.run_forward(self.transform.train(x_raw), ROLE_REPLAY)
+
+    @torch.inference_mode()
+    def predict_logits(self, x_raw: torch.Tensor) -> torch.Tensor:
+        """Eval-mode logits of raw uint8 inputs (caller sets ``eval()``)."""
+        return self.run_forward(self.transform.to_float(x_raw), ROLE_EVAL).logits
+
+    # ------------------------------------------------------------------- loss
+    def classification_loss(self, batch: Batch, out: ForwardOutput) -> torch.Tensor:
+        """Cross-entropy over every row of the batch, with task-IL and plug-in logit masks."""
+        logits = out.logits
+        mask: torch.Tensor | None = None
+        if self.setting == "task-il":
+            mask = self.task_heads[batch.t]
+        for plugin in self._hooks["logit_mask"]:
+            extra = plugin.logit_mask(batch)
+            if extra is not None:
+                mask = extra if mask is None else mask & extra
+        if mask is not None:
+            logits = logits.masked_fill(~mask, torch.finfo(logits.dtype).min)
+        return F.cross_entropy(logits, batch.y)
+
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x_raw = batch["x"]
+        y = self.heads.map(batch["y"])
+        t = self.label_to_experience[batch["y"]]
+        step = Batch(x=self.transform.train(x_raw), y=y, t=t, x_raw=x_raw, n_stream=len(y))
+        for plugin in self._hooks["prepare_batch"]:
+            step = plugin.prepare_batch(step)
+        out = self.run_forward(step.x, ROLE_STREAM)
+        losses: dict[str, torch.Tensor] = {"ce": self.classification_loss(step, out)}
+        for plugin in self._hooks["loss_terms"]:
+            for name, value in plugin.loss_terms(step, out).items():
+                if name in losses:
+                    raise RuntimeError(f"loss term '{name}' of '{plugin.name}' is already defined")
+                losses[name] = value
+        total = torch.stack([v.reshape(()) for v in losses.values()]).sum()
+
+        optimizers = self._optimizer_list()
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        self.manual_backward(total)
+        for plugin in self._hooks["before_optimizer_step"]:
+            plugin.before_optimizer_step()
+        if self.gradient_clip_val is not None:
+            for opt in optimizers:
+                self.clip_gradients(opt, gradient_clip_val=self.gradient_clip_val)
+        for opt in optimizers:
+            opt.step()
+
+        if self.uses_buffer:
+            n = step.n_stream
+            fields = {"x": x_raw, "y": y, "t": t}
+            for plugin in self._hooks["buffer_fields"]:
+                fields.update(plugin.buffer_fields(step, out))
+            self.buffer.add(**{k: v[:n].detach() for k, v in fields.items()})
+        for plugin in self._hooks["after_train_step"]:
+            plugin.after_train_step(step, out)
+
+        self.step_count += 1
+        self._record_losses(total, losses)
+        return total.detach()
+
+    def _record_losses(self, total: torch.Tensor, losses: dict[str, torch.Tensor]) -> None:
+        if self.step_count % self.step_log.every_n_steps:
+            return
+        values = {f"train/loss_{k}": float(v.detach()) for k, v in losses.items()}
+        values["train/loss"] = float(total.detach())
+        self.last_losses = values
+        if self.trainer is not None and self.trainer.loggers:
+            values = {**values, "experience": float(self.experience_index)}
+            for logger in self.trainer.loggers:
+                logger.log_metrics(values, step=self.step_count)
+
+    # ------------------------------------------------------------- optimizers
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Backbone + heads + what plug-ins add to the main optimizer (trainable only)."""
+        params = list(self.backbone.parameters()) + list(self.head.parameters())
+        for plugin in self._hooks["main_parameters"]:
+            params.extend(plugin.main_parameters())
+        seen: set[int] = set()
+        unique = []
+        for p in params:
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                unique.append(p)
+        return unique
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        """Rebuilt at every fit, i.e. per experience (fresh optimizer state)."""
+        main = build_optimizer(self.optimizer_config, self.trainable_parameters())
+        self._schedulers = [build_scheduler(self.optimizer_config, main)]
+        self._schedulers = [s for s in self._schedulers if s is not None]
+        extra: list[torch.optim.Optimizer] = []
+        for plugin in self._hooks["configure_optimizers"]:
+            extra.extend(plugin.configure_optimizers())
+        return [main, *extra]
+
+    def _optimizer_list(self) -> list[Any]:
+        opts = self.optimizers()
+        return list(opts) if isinstance(opts, list) else [opts]
+
+    # ------------------------------------------------------------ epoch hooks
+    def on_train_epoch_start(self) -> None:
+        for plugin in self._hooks["on_epoch_start"]:
+            plugin.on_epoch_start(self.current_epoch)
+
+    def on_train_epoch_end(self) -> None:
+        for scheduler in self._schedulers:
+            scheduler.step()
+        for plugin in self._hooks["on_epoch_end"]:
+            plugin.on_epoch_end(self.current_epoch)
+
+    # --------------------------------------------------------------- plug-ins
+    def call_plugins(self, hook: str, *args: Any) -> None:
+        """Call a void hook on every plug-in that implements it."""
+        for plugin in self._hooks[hook]:
+            getattr(plugin, hook)(*args)
+
+    def fold_plugins(self, hook: str, value: Any, *args: Any) -> Any:
+        """Thread ``value`` through every plug-in implementing ``hook`` (hook(*args, value))."""
+        fn: Callable[..., Any]
+        for plugin in self._hooks[hook]:
+            fn = getattr(plugin, hook)
+            value = fn(*args, value)
+        return value

@@ -1,0 +1,128 @@
+"""Run outputs: ``metrics.json`` (the DESIGN.md contract), ``acc_matrix.csv`` and plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cl_framework.engine.runner import RunResult
+from cl_framework.evaluation.metrics import average_accuracy_curve, summarize
+from cl_framework.evaluation.plots import plot_accuracy_matrix, plot_average_accuracy
+
+SETTINGS = ("class_il", "task_il")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for key, dist in (
+        ("cl_framework", "cl_framework"),
+        ("torch", "torch"),
+        ("lightning", "pytorch-lightning"),
+        ("hydra", "hydra-core"),
+    ):
+        try:
+            versions[key] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[key] = "unknown"
+    return versions
+
+
+def build_metrics(
+    result: RunResult,
+    *,
+    scenario: str,
+    setting: str,
+    strategies: Sequence[str],
+    seed: int,
+    config: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The ``metrics.json`` payload: exactly the keys DESIGN.md fixes."""
+    matrices = {"class_il": result.class_il, "task_il": result.task_il}
+    random_init = {
+        "class_il": list(result.random_init.class_il),
+        "task_il": list(result.random_init.task_il),
+    }
+    summaries = {k: summarize(m, np.asarray(random_init[k])) for k, m in matrices.items()}
+    return {
+        "scenario": scenario,
+        "setting": setting,
+        "n_experiences": int(result.class_il.shape[0]),
+        "strategy": list(strategies),
+        "seed": seed,
+        "acc_matrix": {k: _round(m.tolist()) for k, m in matrices.items()},
+        "final_avg_acc": {k: _round(s["final_avg_acc"]) for k, s in summaries.items()},
+        "forgetting": {k: _round(s["forgetting"]) for k, s in summaries.items()},
+        "bwt": {k: _round(s["bwt"]) for k, s in summaries.items()},
+        "fwt": {k: _round(s["fwt"]) for k, s in summaries.items()},
+        "random_init_acc": {k: _round(v) for k, v in random_init.items()},
+        "wall_time_s": round(result.wall_time_s, 2),
+        "train_time_s": round(result.train_time_s, 2),
+        "versions": package_versions(),
+        "config": dict(config),
+    }
+
+
+def _round(value: Any, digits: int = 4) -> Any:
+    if isinstance(value, list):
+        return [_round(v, digits) for v in value]
+    return round(float(value), digits)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_outputs(output_dir: Path, metrics: Mapping[str, Any]) -> dict[str, Path]:
+    """Write metrics.json, acc_matrix.csv and the PNG plots; returns their paths."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"metrics": output_dir / "metrics.json", "csv": output_dir / "acc_matrix.csv"}
+    _atomic_write_text(paths["metrics"], json.dumps(metrics, indent=2))
+    with paths["csv"].open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        n = metrics["n_experiences"]
+        writer.writerow(["setting", "after_experience", *[f"exp_{j}" for j in range(n)]])
+        for setting in SETTINGS:
+            for i, row in enumerate(metrics["acc_matrix"][setting]):
+                writer.writerow([setting, i, *row])
+    curves = {}
+    for setting in SETTINGS:
+        acc = np.asarray(metrics["acc_matrix"][setting])
+        title = f"{metrics['scenario']} {'+'.join(metrics['strategy'])} ({setting})"
+        paths[f"matrix_{setting}"] = plot_accuracy_matrix(
+            acc, output_dir / f"acc_matrix_{setting}.png", title
+        )
+        curves[setting] = average_accuracy_curve(acc)
+    paths["curve"] = plot_average_accuracy(
+        curves, output_dir / "avg_accuracy.png", f"{metrics['scenario']} average accuracy"
+    )
+    return paths
+
+
+def format_summary(metrics: Mapping[str, Any]) -> str:
+    """Human-readable accuracy matrices and final metrics for the console."""
+    lines = []
+    for setting in SETTINGS:
+        acc = metrics["acc_matrix"][setting]
+        n = len(acc)
+        lines.append(f"accuracy matrix ({setting}), row = after experience i, col = experience j")
+        lines.append("        " + " ".join(f"  e{j:<4d}" for j in range(n)))
+        for i, row in enumerate(acc):
+            lines.append(f"  after {i}: " + " ".join(f"{a:6.2f}" for a in row))
+    lines.append("{:<12s} {:>10s} {:>10s}".format("metric", "class-IL", "task-IL"))
+    for key in ("final_avg_acc", "forgetting", "bwt", "fwt"):
+        lines.append(
+            f"{key:<12s} {metrics[key]['class_il']:>10.2f} {metrics[key]['task_il']:>10.2f}"
+        )
+    lines.append(
+        f"wall time {metrics['wall_time_s']:.1f}s (training {metrics['train_time_s']:.1f}s)"
+    )
+    return "\n".join(lines)

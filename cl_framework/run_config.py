@@ -1,0 +1,176 @@
+"""Schemas of the top-level config sections and their validation (before any data is read)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from cl_framework.config_schema import validate_node
+from cl_framework.engine.optim import OptimizerConfig
+from cl_framework.engine.runner import TrainerConfig
+from cl_framework.errors import ConfigError
+
+SETTINGS = ("class-il", "task-il")
+LOGGERS = ("csv", "tensorboard", "wandb")
+BUFFER_DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class ScenarioConfig:
+    """``scenario`` group: a data source split into experiences."""
+
+    name: str = "seq-digits"
+    source: str = "digits"
+    source_options: dict[str, Any] = field(default_factory=dict)
+    setting: str = "class-il"
+    n_experiences: int | None = 5
+    classes_per_experience: Any = None
+    class_order: list[int] | None = None
+    class_order_seed: int | None = None
+    val_fraction: float = 0.0
+    normalize: bool = False
+    crop_padding: int = 0
+    hflip: bool = False
+
+
+@dataclass
+class BufferConfig:
+    """``buffer`` group: the one replay buffer shared by all plug-ins."""
+
+    size: int = 0
+    policy: str = "reservoir"
+    device: str = "auto"
+
+
+@dataclass
+class PathsConfig:
+    data_dir: str = "./data"
+    output_dir: str = "outputs"
+
+
+@dataclass
+class CSVLoggerConfig:
+    """Always on; nothing to configure."""
+
+
+@dataclass
+class TensorBoardLoggerConfig:
+    """TensorBoard event files under ``<run dir>/tensorboard``."""
+
+
+@dataclass
+class WandbLoggerConfig:
+    project: str = "cl_framework"
+    entity: str | None = None
+    name: str | None = None
+    mode: str = "offline"
+    tags: list[str] = field(default_factory=list)
+
+
+LOGGER_SCHEMAS: dict[str, type] = {
+    "csv": CSVLoggerConfig,
+    "tensorboard": TensorBoardLoggerConfig,
+    "wandb": WandbLoggerConfig,
+}
+
+TOP_LEVEL = {
+    "seed": "training seed (model init, shuffling, buffer, augmentation)",
+    "scenario": "data source and split",
+    "backbone": "network body",
+    "strategy": "strategy plug-ins, in order",
+    "buffer": "replay buffer",
+    "optimizer": "optimizer and scheduler",
+    "trainer": "training loop",
+    "logger": "loggers",
+    "paths": "data and output directories",
+    "extra_modules": "python modules to import (user strategies, backbones, sources)",
+    "name": "free-form run name",
+}
+
+
+@dataclass
+class RunConfig:
+    """The validated sections of a run config (strategy and backbone nodes stay raw)."""
+
+    seed: int
+    scenario: ScenarioConfig
+    buffer: BufferConfig
+    optimizer: OptimizerConfig
+    trainer: TrainerConfig
+    paths: PathsConfig
+    loggers: dict[str, Any]
+    backbone: dict[str, Any]
+    strategy: dict[str, Any]
+    extra_modules: list[str]
+    name: str | None
+
+
+def to_plain(cfg: Any) -> Any:
+    """A resolved plain-python copy of a config (safe to pickle, JSON or weights_only load)."""
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return cfg
+
+
+def validate_run_config(cfg: Mapping[str, Any] | DictConfig) -> RunConfig:
+    """Check every section; raise one ConfigError naming the first bad key."""
+    plain = to_plain(cfg)
+    for key in plain:
+        if key not in TOP_LEVEL:
+            raise ConfigError(
+                key, "unknown top-level key", f"valid keys are: {', '.join(TOP_LEVEL)}"
+            )
+    seed = plain.get("seed", 0)
+    if not isinstance(seed, int):
+        raise ConfigError("seed", f"must be an integer, got {seed!r}")
+    scenario = validate_node(plain.get("scenario"), ScenarioConfig, "scenario")
+    if scenario.setting not in SETTINGS:
+        raise ConfigError(
+            "scenario.setting", f"unknown setting '{scenario.setting}'", f"use {SETTINGS}"
+        )
+    if not 0.0 <= scenario.val_fraction < 1.0:
+        raise ConfigError("scenario.val_fraction", "must be in [0, 1)")
+    buffer = validate_node(plain.get("buffer"), BufferConfig, "buffer")
+    if buffer.size < 0:
+        raise ConfigError("buffer.size", f"must be >= 0, got {buffer.size}")
+    if buffer.device not in BUFFER_DEVICES:
+        raise ConfigError(
+            "buffer.device", f"unknown device '{buffer.device}'", f"use {BUFFER_DEVICES}"
+        )
+    optimizer = validate_node(plain.get("optimizer"), OptimizerConfig, "optimizer")
+    optimizer.validate()
+    trainer = validate_node(plain.get("trainer"), TrainerConfig, "trainer")
+    for key in ("epochs", "batch_size", "eval_batch_size", "devices"):
+        if getattr(trainer, key) <= 0:
+            raise ConfigError(f"trainer.{key}", f"must be positive, got {getattr(trainer, key)}")
+    paths = validate_node(plain.get("paths"), PathsConfig, "paths")
+    loggers = {}
+    for name, node in (plain.get("logger") or {}).items():
+        if name not in LOGGER_SCHEMAS:
+            raise ConfigError(f"logger.{name}", "unknown logger", f"use any of {LOGGERS}")
+        loggers[name] = validate_node(node, LOGGER_SCHEMAS[name], f"logger.{name}")
+    backbone = plain.get("backbone")
+    if not isinstance(backbone, dict) or "name" not in backbone:
+        raise ConfigError("backbone.name", "missing", "select one, e.g. backbone=mlp")
+    strategy = plain.get("strategy")
+    if not isinstance(strategy, dict) or not strategy:
+        raise ConfigError("strategy", "no strategy selected", "e.g. strategy=[derpp]")
+    extra = plain.get("extra_modules") or []
+    if not isinstance(extra, list):
+        raise ConfigError("extra_modules", "must be a list of module names")
+    return RunConfig(
+        seed=seed,
+        scenario=scenario,
+        buffer=buffer,
+        optimizer=optimizer,
+        trainer=trainer,
+        paths=paths,
+        loggers=loggers,
+        backbone=backbone,
+        strategy=strategy,
+        extra_modules=[str(m) for m in extra],
+        name=plain.get("name"),
+    )

@@ -1,0 +1,305 @@
+"""Splitting a data source into a sequence of experiences (class-IL and task-IL).
+
+Labels are remapped once, so that experience k holds a contiguous block of labels and
+``class_order[label]`` gives back the original class. Everything downstream (heads, buffer,
+task-IL logit masks, metrics) then works on 0..n_classes-1 without knowing the order.
+All selection is vectorised (masks, sorts); randomness comes from explicit, private generators.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from cl_framework.errors import ConfigError
+from cl_framework.scenarios.sources import DataSource
+
+SETTINGS = ("class-il", "task-il")
+
+
+@dataclass(frozen=True, eq=False)
+class Split:
+    """Images (uint8) and remapped int64 labels of one part of an experience."""
+
+    x: torch.Tensor = field(repr=False)
+    y: torch.Tensor = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if len(self.x) != len(self.y):
+            raise ValueError(f"Split: {len(self.x)} images but {len(self.y)} labels")
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __repr__(self) -> str:
+        return f"Split(x={tuple(self.x.shape)} {self.x.dtype}, y={tuple(self.y.shape)})"
+
+
+@dataclass(frozen=True, eq=False)
+class Experience:
+    """One step of the stream: its classes, train/val/test data and task label."""
+
+    index: int
+    classes: tuple[int, ...]
+    train: Split
+    val: Split | None
+    test: Split
+    task_label: int
+
+
+@dataclass(frozen=True, eq=False)
+class Scenario:
+    """An ordered sequence of experiences over remapped labels 0..n_classes-1."""
+
+    name: str
+    setting: str
+    experiences: tuple[Experience, ...]
+    n_classes: int
+    class_order: tuple[int, ...]
+    class_names: tuple[str, ...]
+    input_shape: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __len__(self) -> int:
+        return len(self.experiences)
+
+    def __getitem__(self, i: int) -> Experience:
+        return self.experiences[i]
+
+    def __iter__(self) -> Iterator[Experience]:
+        return iter(self.experiences)
+
+    @property
+    def n_experiences(self) -> int:
+        return len(self.experiences)
+
+    def classes_up_to(self, i: int) -> tuple[int, ...]:
+        """All labels seen in experiences 0..i (inclusive); negative i counts from the end."""
+        n = len(self.experiences)
+        if not -n <= i < n:
+            raise IndexError(f"experience index {i} out of range for {n} experiences")
+        last = i % n
+        return tuple(c for exp in self.experiences[: last + 1] for c in exp.classes)
+
+
+def build_scenario(
+    source: DataSource,
+    *,
+    name: str,
+    setting: str = "class-il",
+    n_experiences: int | None = None,
+    classes_per_experience: int | list[int] | None = None,
+    class_order: list[int] | None = None,
+    class_order_seed: int | None = None,
+    val_fraction: float = 0.0,
+    val_seed: int = 0,
+) -> Scenario:
+    """Split ``source`` into experiences of disjoint classes.
+
+    Give ``n_experiences`` or ``classes_per_experience`` (or both, if they agree). The class order
+    is ``class_order`` if given, else a seeded permutation if ``class_order_seed`` is set, else
+    natural order. ``val_fraction`` of each class's training data becomes that experience's
+    validation split (stratified, seeded by ``val_seed``, independent of the class order).
+    """
+    if setting not in SETTINGS:
+        raise ConfigError(
+            "scenario.setting",
+            f"unknown setting '{setting}'",
+            fix="use one of: " + ", ".join(SETTINGS),
+        )
+    n_classes = source.n_classes
+    sizes = _experience_sizes(n_classes, n_experiences, classes_per_experience)
+    order = _class_order(n_classes, class_order, class_order_seed)
+    _check_val_fraction(val_fraction)
+
+    # to_label[original class] = remapped label (position in the class order).
+    to_label = torch.empty(n_classes, dtype=torch.int64)
+    to_label[torch.tensor(order, dtype=torch.int64)] = torch.arange(n_classes)
+    train_y = to_label[source.train_y]
+    test_y = to_label[source.test_y]
+    if val_fraction > 0:
+        val_mask = _stratified_mask(source.train_y, n_classes, val_fraction, val_seed)
+    else:
+        val_mask = None
+
+    experiences = []
+    start = 0
+    for index, size in enumerate(sizes):
+        stop = start + size
+        in_train = (train_y >= start) & (train_y < stop)
+        in_test = (test_y >= start) & (test_y < stop)
+        val = None
+        if val_mask is not None:
+            val = _take(source.train_x, train_y, in_train & val_mask)
+            in_train = in_train & ~val_mask
+        experiences.append(
+            Experience(
+                index=index,
+                classes=tuple(range(start, stop)),
+                train=_take(source.train_x, train_y, in_train),
+                val=val,
+                test=_take(source.test_x, test_y, in_test),
+                task_label=index,
+            )
+        )
+        start = stop
+
+    return Scenario(
+        name=name,
+        setting=setting,
+        experiences=tuple(experiences),
+        n_classes=n_classes,
+        class_order=tuple(order),
+        class_names=tuple(source.class_names[c] for c in order),
+        input_shape=source.input_shape,
+        mean=source.mean,
+        std=source.std,
+    )
+
+
+def _take(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> Split:
+    index = mask.nonzero().squeeze(1)
+    return Split(x=x[index], y=y[index])
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _experience_sizes(
+    n_classes: int,
+    n_experiences: int | None,
+    classes_per_experience: int | Sequence[int] | None,
+) -> list[int]:
+    """Number of classes in each experience, after checking the two ways to specify it agree."""
+    if n_experiences is None and classes_per_experience is None:
+        raise ConfigError(
+            "scenario.n_experiences",
+            "neither n_experiences nor classes_per_experience is set",
+            fix="set one of them, e.g. scenario.n_experiences=5",
+        )
+    if n_experiences is not None:
+        if not _is_int(n_experiences) or n_experiences < 1:
+            raise ConfigError(
+                "scenario.n_experiences",
+                f"must be a positive integer, got {n_experiences!r}",
+                fix="use e.g. scenario.n_experiences=5",
+            )
+        if n_experiences > n_classes:
+            raise ConfigError(
+                "scenario.n_experiences",
+                f"{n_experiences} experiences need at least {n_experiences} classes, "
+                f"the source has {n_classes}",
+                fix=f"use at most {n_classes} experiences",
+            )
+
+    if classes_per_experience is None:
+        assert n_experiences is not None
+        if n_classes % n_experiences:
+            raise ConfigError(
+                "scenario.n_experiences",
+                f"{n_classes} classes cannot be split into {n_experiences} equal experiences",
+                fix=f"use a divisor of {n_classes}, or give scenario.classes_per_experience "
+                "as a list of sizes",
+            )
+        return [n_classes // n_experiences] * n_experiences
+
+    if _is_int(classes_per_experience):
+        per = int(classes_per_experience)  # type: ignore[arg-type]
+        if per < 1 or n_classes % per:
+            raise ConfigError(
+                "scenario.classes_per_experience",
+                f"{n_classes} classes cannot be split into experiences of {per}",
+                fix=f"use a divisor of {n_classes}, or a list of sizes that sums to {n_classes}",
+            )
+        sizes = [per] * (n_classes // per)
+    elif isinstance(classes_per_experience, Sequence) and not isinstance(
+        classes_per_experience, str
+    ):
+        sizes = list(classes_per_experience)
+        if not sizes or not all(_is_int(s) and s >= 1 for s in sizes):
+            raise ConfigError(
+                "scenario.classes_per_experience",
+                f"must be a list of positive integers, got {sizes!r}",
+                fix=f"use e.g. [{n_classes // 2}, {n_classes - n_classes // 2}]",
+            )
+        if sum(sizes) != n_classes:
+            raise ConfigError(
+                "scenario.classes_per_experience",
+                f"sizes {sizes} sum to {sum(sizes)}, the source has {n_classes} classes",
+                fix=f"make the sizes sum to {n_classes}",
+            )
+    else:
+        raise ConfigError(
+            "scenario.classes_per_experience",
+            f"must be an integer or a list of integers, got {classes_per_experience!r}",
+            fix="use e.g. scenario.classes_per_experience=2",
+        )
+
+    if n_experiences is not None and n_experiences != len(sizes):
+        raise ConfigError(
+            "scenario.n_experiences",
+            f"{n_experiences} experiences disagree with classes_per_experience="
+            f"{classes_per_experience!r}, which gives {len(sizes)}",
+            fix="set only one of scenario.n_experiences and scenario.classes_per_experience",
+        )
+    return sizes
+
+
+def _class_order(n_classes: int, class_order: Sequence[int] | None, seed: int | None) -> list[int]:
+    """Explicit order, else a seeded permutation, else natural order."""
+    if class_order is not None:
+        order = list(class_order)
+        if not all(_is_int(c) for c in order) or sorted(order) != list(range(n_classes)):
+            raise ConfigError(
+                "scenario.class_order",
+                f"must be a permutation of 0..{n_classes - 1}, got {order!r}",
+                fix=f"list every class id 0..{n_classes - 1} exactly once",
+            )
+        return order
+    if seed is not None:
+        if not _is_int(seed):
+            raise ConfigError(
+                "scenario.class_order_seed",
+                f"must be an integer or null, got {seed!r}",
+                fix="use e.g. scenario.class_order_seed=1",
+            )
+        generator = torch.Generator().manual_seed(seed)
+        return torch.randperm(n_classes, generator=generator).tolist()
+    return list(range(n_classes))
+
+
+def _check_val_fraction(val_fraction: float) -> None:
+    if (
+        isinstance(val_fraction, bool)
+        or not isinstance(val_fraction, (int, float))
+        or not (0.0 <= val_fraction < 1.0)
+    ):
+        raise ConfigError(
+            "scenario.val_fraction",
+            f"must lie in [0, 1), got {val_fraction!r}",
+            fix="use e.g. scenario.val_fraction=0.1, or 0 for no validation split",
+        )
+
+
+def _stratified_mask(
+    labels: torch.Tensor, n_classes: int, fraction: float, seed: int
+) -> torch.Tensor:
+    """Mark round(fraction * n_c) random samples of every class c (at least one stays unmarked).
+
+    Samples are shuffled, stably grouped by class, and the first k of each group are marked: the
+    rank of a sample inside its class group is its sorted position minus the group's start.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    shuffled = torch.randperm(len(labels), generator=generator)
+    grouped = shuffled[torch.argsort(labels[shuffled], stable=True)]
+    counts = torch.bincount(labels, minlength=n_classes)
+    group_start = torch.cumsum(counts, 0) - counts
+    n_marked = torch.minimum(torch.round(counts * fraction).to(torch.int64), (counts - 1).clamp(0))
+    rank = torch.arange(len(labels)) - group_start[labels[grouped]]
+    mask = torch.zeros(len(labels), dtype=torch.bool)
+    mask[grouped] = rank < n_marked[labels[grouped]]
+    return mask
