@@ -51,7 +51,7 @@ class OnlineEWC(StrategyPlugin):
 
         def log_prob(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor):
             logits = functional_call(net, (p, buffers), (x.unsqueeze(0),))
-            return F.log_softmax(logits, dim=1)[0, y]
+            return F.log_softmax(logits, dim=1).gather(1, y.view(1, 1)).squeeze()
 
         per_sample = vmap(grad(log_prob, has_aux=False), in_dims=(None, 0, 0))
         fisher = {k: torch.zeros_like(v) for k, v in params.items()}
