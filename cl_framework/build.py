@@ -108,9 +108,6 @@ def build_runner(cfg: Mapping[str, Any], output_dir: Path | str) -> ContinualRun
         hflip=s.hflip,
         seed=rc.seed + 2,
     )
-    label_to_experience = torch.zeros(scenario.n_classes, dtype=torch.long)
-    for exp in scenario:
-        label_to_experience[list(exp.classes)] = exp.index
     module = CLModule(
         backbone=backbone,
         heads=heads,
@@ -118,7 +115,6 @@ def build_runner(cfg: Mapping[str, Any], output_dir: Path | str) -> ContinualRun
         optimizer=rc.optimizer,
         transform=transform,
         task_heads=heads.task_mask([exp.classes for exp in scenario]),
-        label_to_experience=label_to_experience,
         setting=s.setting,
         buffer=buffer,
         log_every_n_steps=rc.trainer.log_every_n_steps,

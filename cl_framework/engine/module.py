@@ -65,7 +65,6 @@ class CLModule(pl.LightningModule):
         optimizer: OptimizerConfig,
         transform: BatchTransform,
         task_heads: torch.Tensor,
-        label_to_experience: torch.Tensor,
         setting: str = "class-il",
         buffer: ReplayBuffer | None = None,
         log_every_n_steps: int = 50,
@@ -83,7 +82,6 @@ class CLModule(pl.LightningModule):
         self.buffer = buffer
         self.gradient_clip_val = gradient_clip_val
         self.register_buffer("task_heads", task_heads.clone(), persistent=False)
-        self.register_buffer("label_to_experience", label_to_experience.clone(), persistent=False)
         self._hooks: dict[str, list[StrategyPlugin]] = {
             hook: [p for p in plugins if p.overrides(hook)] for hook in HOOKS
         }
@@ -143,7 +141,7 @@ class CLModule(pl.LightningModule):
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x_raw = batch["x"]
         y = self.heads.map(batch["y"])
-        t = self.label_to_experience[batch["y"]]
+        t = batch["t"]
         step = Batch(x=self.transform.train(x_raw), y=y, t=t, x_raw=x_raw, n_stream=len(y))
         for plugin in self._hooks["prepare_batch"]:
             step = plugin.prepare_batch(step)

@@ -85,7 +85,6 @@ class ContinualRunner:
         self.loggers = list(loggers)
         self.output_dir = output_dir
         self.device = resolve_device(trainer.accelerator)
-        self.label_to_experience = module.label_to_experience.cpu()
 
     # ------------------------------------------------------------------ fits
     def make_trainer(self, epochs: int, limit_train_batches: int | None = None) -> pl.Trainer:
@@ -110,12 +109,14 @@ class ContinualRunner:
             log_every_n_steps=max(1, cfg.log_every_n_steps),
         )
 
-    def loader(self, split: Split, seed_offset: int = 0, batch_size: int | None = None):
+    def loader(
+        self, split: Split, task_label: int, seed_offset: int = 0, batch_size: int | None = None
+    ) -> TensorBatchLoader:
         """A shuffled batch iterator over ``split``, seeded from the run seed and an offset."""
         return TensorBatchLoader(
             split.x,
             split.y,
-            task_label=self.label_to_experience[split.y],
+            task_label=split.task_labels(task_label),
             batch_size=batch_size or self.trainer_cfg.batch_size,
             shuffle=True,
             seed=self.seed * 100_003 + seed_offset,
@@ -124,6 +125,7 @@ class ContinualRunner:
     def fit(
         self,
         split: Split,
+        task_label: int,
         epochs: int | None = None,
         module: CLModule | None = None,
         seed_offset: int = 0,
@@ -138,7 +140,7 @@ class ContinualRunner:
             return 0.0
         trainer = self.make_trainer(epochs or self.trainer_cfg.epochs, limit_train_batches)
         start = time.perf_counter()
-        trainer.fit(module, train_dataloaders=self.loader(split, seed_offset))
+        trainer.fit(module, train_dataloaders=self.loader(split, task_label, seed_offset))
         elapsed = time.perf_counter() - start
         module.to(self.device)
         return elapsed
@@ -168,7 +170,7 @@ class ContinualRunner:
                 list(experience.classes),
                 len(split.y),
             )
-            times.append(self.fit(split, seed_offset=i))
+            times.append(self.fit(split, experience.task_label, seed_offset=i))
             self.module.call_plugins("after_experience", experience)
             row = self.evaluate()
             class_il[i] = row.class_il

@@ -21,14 +21,27 @@ SETTINGS = ("class-il", "task-il")
 
 @dataclass(frozen=True, eq=False)
 class Split:
-    """Images (uint8) and remapped int64 labels of one part of an experience."""
+    """Images (uint8), remapped int64 labels and, optionally, per-row task labels.
+
+    ``t`` is None when every row belongs to the experience that owns the split (the usual
+    case); splits that mix experiences (joint training) carry one task label per row.
+    """
 
     x: torch.Tensor = field(repr=False)
     y: torch.Tensor = field(repr=False)
+    t: torch.Tensor | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if len(self.x) != len(self.y):
             raise ValueError(f"Split: {len(self.x)} images but {len(self.y)} labels")
+        if self.t is not None and len(self.t) != len(self.y):
+            raise ValueError(f"Split: {len(self.t)} task labels but {len(self.y)} labels")
+
+    def task_labels(self, default: int) -> torch.Tensor:
+        """Per-row task labels: ``t`` if present, else ``default`` for every row."""
+        if self.t is not None:
+            return self.t.long()
+        return torch.full((len(self.y),), int(default), dtype=torch.long)
 
     def __len__(self) -> int:
         return len(self.y)

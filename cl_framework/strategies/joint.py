@@ -45,5 +45,7 @@ class Joint(StrategyPlugin):
         else:
             chosen = experiences[: experience.index + 1]
         return Split(
-            x=torch.cat([e.train.x for e in chosen]), y=torch.cat([e.train.y for e in chosen])
+            x=torch.cat([e.train.x for e in chosen]),
+            y=torch.cat([e.train.y for e in chosen]),
+            t=torch.cat([e.train.task_labels(e.task_label) for e in chosen]),
         )

@@ -72,7 +72,9 @@ class LwF(StrategyPlugin):
         new_heads = module.heads.heads_of(experience.classes).to(device)
         lr = self.cfg.warmup_lr or module.optimizer_config.lr
         opt = torch.optim.SGD(module.head.parameters(), lr=lr)
-        loader = self.ctx.runner.loader(experience.train, seed_offset=10_000 + experience.index)
+        loader = self.ctx.runner.loader(
+            experience.train, experience.task_label, seed_offset=10_000 + experience.index
+        )
         was_training = module.training
         module.eval()
         for _ in range(self.cfg.warmup_epochs):
