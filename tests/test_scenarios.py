@@ -276,7 +276,7 @@ def test_load_source_rejects_unknown_names_and_options(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=re.escape("scenario.source")) as info:
         load_source("cifar-1000", tmp_path)
     assert "digits" in str(info.value) and "mnist" in str(info.value)
-    with pytest.raises(ConfigError, match=re.escape("scenario.dowload")):
+    with pytest.raises(ConfigError, match=re.escape("scenario.source_options.dowload")):
         load_source("mnist", tmp_path, dowload=False)
 
 

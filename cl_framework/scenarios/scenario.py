@@ -1,9 +1,14 @@
-"""Splitting a data source into a sequence of experiences (class-IL and task-IL).
+"""Splitting a data source into a sequence of experiences (class-IL, task-IL, domain-IL).
 
 Labels are remapped once, so that experience k holds a contiguous block of labels and
 ``class_order[label]`` gives back the original class. Everything downstream (heads, buffer,
 task-IL logit masks, metrics) then works on 0..n_classes-1 without knowing the order.
 All selection is vectorised (masks, sorts); randomness comes from explicit, private generators.
+
+Domain-IL (``setting="domain-il"``, sources with a ``domain_shift`` such as ``perm-mnist``):
+every experience holds all classes, under domain k's input shift, with task label k. The heads
+are shared by all experiences, so an experience's task-IL mask covers every head and task-IL
+accuracy equals class-IL accuracy.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import torch
 from cl_framework.errors import ConfigError
 from cl_framework.scenarios.sources import DataSource
 
-SETTINGS = ("class-il", "task-il")
+SETTINGS = ("class-il", "task-il", "domain-il")
 
 
 @dataclass(frozen=True, eq=False)
@@ -95,7 +100,8 @@ class Scenario:
         if not -n <= i < n:
             raise IndexError(f"experience index {i} out of range for {n} experiences")
         last = i % n
-        return tuple(c for exp in self.experiences[: last + 1] for c in exp.classes)
+        # dict.fromkeys: in domain-IL every experience repeats the same classes
+        return tuple(dict.fromkeys(c for exp in self.experiences[: last + 1] for c in exp.classes))
 
 
 def build_scenario(
@@ -116,12 +122,27 @@ def build_scenario(
     is ``class_order`` if given, else a seeded permutation if ``class_order_seed`` is set, else
     natural order. ``val_fraction`` of each class's training data becomes that experience's
     validation split (stratified, seeded by ``val_seed``, independent of the class order).
+
+    With ``setting="domain-il"`` the source must carry a domain shift; ``n_experiences`` domains
+    are built, each with every class (``classes_per_experience`` must be unset).
     """
     if setting not in SETTINGS:
         raise ConfigError(
             "scenario.setting",
             f"unknown setting '{setting}'",
             fix="use one of: " + ", ".join(SETTINGS),
+        )
+    if setting == "domain-il" or source.domain_shift is not None:
+        return _build_domain_il(
+            source,
+            name=name,
+            setting=setting,
+            n_experiences=n_experiences,
+            classes_per_experience=classes_per_experience,
+            class_order=class_order,
+            class_order_seed=class_order_seed,
+            val_fraction=val_fraction,
+            val_seed=val_seed,
         )
     n_classes = source.n_classes
     sizes = _experience_sizes(n_classes, n_experiences, classes_per_experience)
@@ -160,6 +181,87 @@ def build_scenario(
         )
         start = stop
 
+    return Scenario(
+        name=name,
+        setting=setting,
+        experiences=tuple(experiences),
+        n_classes=n_classes,
+        class_order=tuple(order),
+        class_names=tuple(source.class_names[c] for c in order),
+        input_shape=source.input_shape,
+        mean=source.mean,
+        std=source.std,
+    )
+
+
+def _build_domain_il(
+    source: DataSource,
+    *,
+    name: str,
+    setting: str,
+    n_experiences: int | None,
+    classes_per_experience: int | Sequence[int] | None,
+    class_order: Sequence[int] | None,
+    class_order_seed: int | None,
+    val_fraction: float,
+    val_seed: int,
+) -> Scenario:
+    """One experience per domain, each with all classes and the domain index as task label."""
+    shift = source.domain_shift
+    if shift is None:
+        raise ConfigError(
+            "scenario.setting",
+            f"domain-il needs a source with a domain shift, '{source.name}' has none",
+            fix="use scenario=perm-mnist or scenario=rot-mnist, or setting class-il / task-il",
+        )
+    if setting != "domain-il":
+        raise ConfigError(
+            "scenario.setting",
+            f"source '{source.name}' is a domain-IL source, setting '{setting}' does not apply",
+            fix="use scenario.setting=domain-il",
+        )
+    if classes_per_experience is not None:
+        raise ConfigError(
+            "scenario.classes_per_experience",
+            "does not apply to domain-il: every experience holds every class",
+            fix="set scenario.classes_per_experience=null and choose scenario.n_experiences",
+        )
+    if not _is_int(n_experiences) or n_experiences < 1:  # type: ignore[operator]
+        raise ConfigError(
+            "scenario.n_experiences",
+            f"must be a positive integer (the number of domains), got {n_experiences!r}",
+            fix="use e.g. scenario.n_experiences=20",
+        )
+    n_classes = source.n_classes
+    order = _class_order(n_classes, class_order, class_order_seed)
+    _check_val_fraction(val_fraction)
+    to_label = torch.empty(n_classes, dtype=torch.int64)
+    to_label[torch.tensor(order, dtype=torch.int64)] = torch.arange(n_classes)
+    train_y = to_label[source.train_y]
+    test_y = to_label[source.test_y]
+    train_index = torch.arange(len(train_y))
+    val_index = None
+    if val_fraction > 0:
+        val_mask = _stratified_mask(source.train_y, n_classes, val_fraction, val_seed)
+        train_index, val_index = (~val_mask).nonzero().squeeze(1), val_mask.nonzero().squeeze(1)
+    base_train_x = source.train_x[train_index]
+    base_val_x = source.train_x[val_index] if val_index is not None else None
+
+    experiences = []
+    for k in range(int(n_experiences)):  # type: ignore[arg-type]
+        val = None
+        if val_index is not None and base_val_x is not None:
+            val = Split(x=shift.apply(base_val_x, k), y=train_y[val_index])
+        experiences.append(
+            Experience(
+                index=k,
+                classes=tuple(range(n_classes)),
+                train=Split(x=shift.apply(base_train_x, k), y=train_y[train_index]),
+                val=val,
+                test=Split(x=shift.apply(source.test_x, k), y=test_y),
+                task_label=k,
+            )
+        )
     return Scenario(
         name=name,
         setting=setting,
