@@ -21,7 +21,7 @@ from cl_framework.engine.module import CLModule
 from cl_framework.engine.plugin import StrategyContext
 from cl_framework.engine.runner import ContinualRunner, resolve_device
 from cl_framework.errors import ConfigError
-from cl_framework.run_config import RunConfig, validate_run_config
+from cl_framework.run_config import RunConfig, to_plain, validate_run_config
 from cl_framework.scenarios import Scenario, build_scenario, load_source
 from cl_framework.scenarios.transforms import BatchTransform
 from cl_framework.strategies.registry import build_strategies, import_strategy_modules
@@ -43,9 +43,18 @@ def build_scenario_from_config(rc: RunConfig) -> Scenario:
     )
 
 
-def build_loggers(rc: RunConfig, output_dir: Path) -> list[Logger]:
-    """CSV always; TensorBoard and wandb when selected (wandb offline unless configured)."""
-    loggers: list[Logger] = [CSVLogger(save_dir=str(output_dir), name="logs", version="")]
+def build_loggers(rc: RunConfig, output_dir: Path, resumed: bool = False) -> list[Logger]:
+    """CSV always; TensorBoard and wandb when selected (wandb offline unless configured).
+
+    A resumed run logs into a new CSV version folder so the earlier rows are never rewritten.
+    """
+    csv_version = ""
+    if resumed:
+        n = 1
+        while (output_dir / "logs" / f"resume-{n}").exists():
+            n += 1
+        csv_version = f"resume-{n}"
+    loggers: list[Logger] = [CSVLogger(save_dir=str(output_dir), name="logs", version=csv_version)]
     if "tensorboard" in rc.loggers:
         from pytorch_lightning.loggers import TensorBoardLogger
 
@@ -119,14 +128,16 @@ def build_runner(cfg: Mapping[str, Any], output_dir: Path | str) -> ContinualRun
         buffer=buffer,
         log_every_n_steps=rc.trainer.log_every_n_steps,
         gradient_clip_val=rc.trainer.gradient_clip_val,
+        check_finite_every_n_steps=rc.trainer.check_finite_every_n_steps,
     )
     runner = ContinualRunner(
         scenario,
         module,
         rc.trainer,
         seed=rc.seed,
-        loggers=build_loggers(rc, output_dir),
+        loggers=build_loggers(rc, output_dir, resumed=rc.resume is not None),
         output_dir=output_dir,
+        config={k: v for k, v in to_plain(cfg).items() if k != "resume"},
     )
     ctx = StrategyContext(
         module=module, scenario=scenario, heads=heads, buffer=buffer, runner=runner

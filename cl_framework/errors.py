@@ -37,3 +37,40 @@ class DataError(CLFrameworkError, FileNotFoundError):
         if fix:
             message += f". Fix: {fix}"
         super().__init__(message)
+
+
+class CheckpointError(CLFrameworkError):
+    """A checkpoint file is missing, corrupt, unsafe (pickled objects) or from another run."""
+
+    def __init__(self, path: str, problem: str, fix: str | None = None) -> None:
+        self.path = path
+        self.problem = problem
+        self.fix = fix
+        message = f"checkpoint '{path}': {problem}"
+        if fix:
+            message += f". Fix: {fix}"
+        super().__init__(message)
+
+
+class NonFiniteLossError(CLFrameworkError):
+    """The training loss became NaN or infinite; the run stopped after saving its state."""
+
+    def __init__(self, step: int, experience: int, terms: dict[str, float]) -> None:
+        self.step = step
+        self.experience = experience
+        self.terms = terms
+        values = ", ".join(f"{k}={v}" for k, v in terms.items())
+        super().__init__(
+            f"non-finite loss at step {step} (experience {experience}): {values}. "
+            "The state before this step was checkpointed; lower the learning rate or check the "
+            "strategy's loss terms"
+        )
+
+
+class RunInterrupted(CLFrameworkError):
+    """SIGINT / SIGTERM: the run stopped at a step boundary after saving a checkpoint."""
+
+    def __init__(self, signum: int, step: int) -> None:
+        self.signum = signum
+        self.step = step
+        super().__init__(f"interrupted by signal {signum} after step {step}")

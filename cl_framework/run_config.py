@@ -88,7 +88,11 @@ TOP_LEVEL = {
     "paths": "data and output directories",
     "extra_modules": "python modules to import (user strategies, backbones, sources)",
     "name": "free-form run name",
+    "resume": "run directory (or checkpoint file) to continue from",
 }
+
+#: Keys that may differ between a checkpointed run's config and the resuming command line.
+RESUME_MAY_DIFFER = ("resume", "paths", "trainer.progress_bar", "trainer.log_every_n_steps")
 
 
 @dataclass
@@ -106,6 +110,7 @@ class RunConfig:
     strategy: dict[str, Any]
     extra_modules: list[str]
     name: str | None
+    resume: str | None = None
 
 
 def to_plain(cfg: Any) -> Any:
@@ -173,4 +178,25 @@ def validate_run_config(cfg: Mapping[str, Any] | DictConfig) -> RunConfig:
         strategy=strategy,
         extra_modules=[str(m) for m in extra],
         name=plain.get("name"),
+        resume=plain.get("resume"),
     )
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out if out else {prefix[:-1]: {}}
+    return {prefix[:-1]: node}
+
+
+def config_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """Dotted keys whose values differ between two plain configs (allowlisted keys ignored)."""
+    fa, fb = _flatten(a), _flatten(b)
+    keys = sorted(set(fa) | set(fb))
+
+    def allowed(key: str) -> bool:
+        return any(key == p or key.startswith(p + ".") for p in RESUME_MAY_DIFFER)
+
+    return [k for k in keys if not allowed(k) and fa.get(k, "<absent>") != fb.get(k, "<absent>")]

@@ -36,15 +36,87 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
 
 
-def run(cfg: DictConfig, output_dir: Path) -> dict:
-    """Build, train, evaluate and write the outputs of one run; returns metrics.json."""
+def prepare_resume(
+    cfg: DictConfig | dict, explicit: bool, passed: tuple[str, ...] = ()
+) -> tuple[dict, dict, Path, Path]:
+    """Config, checkpoint payload, run dir and checkpoint path of ``resume=<run dir>``.
+
+    The run continues with the config stored in its checkpoint. ``explicit`` means the command
+    line selected more than ``resume=``: then it must describe the same run (only paths and
+    display keys may differ), otherwise one error names the first differing key. ``passed``
+    are the dotted keys given on the command line: of the keys that may differ, those replace
+    the saved values (e.g. ``paths.data_dir`` on another machine).
+    """
+    from cl_framework.engine.checkpoint import checkpoint_path, load_checkpoint
+    from cl_framework.errors import ConfigError
+    from cl_framework.run_config import RESUME_MAY_DIFFER, config_differences, to_plain
+
+    plain = to_plain(cfg)
+    target = Path(str(plain["resume"])).expanduser()
+    ckpt = checkpoint_path(target) if target.is_dir() else target
+    payload = load_checkpoint(ckpt)
+    saved = dict(payload["config"])
+    if explicit:
+        diffs = config_differences(saved, plain)
+        if diffs:
+            raise ConfigError(
+                "resume",
+                f"the command line differs from the checkpointed run at '{diffs[0]}'"
+                + (f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""),
+                "repeat the original command with resume=..., or pass resume=... alone",
+            )
+    for key in passed:
+        if any(key == p or key.startswith(p + ".") for p in RESUME_MAY_DIFFER[1:]):
+            _set_dotted(saved, key, _get_dotted(plain, key))
+    saved["resume"] = str(ckpt)
+    run_dir = ckpt.parent.parent
+    return saved, payload, run_dir, ckpt
+
+
+def _get_dotted(node: dict, key: str):
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _set_dotted(node: dict, key: str, value) -> None:
+    *parents, last = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+
+
+def run(
+    cfg: DictConfig | dict,
+    output_dir: Path,
+    explicit_overrides: bool = True,
+    passed_keys: tuple[str, ...] = (),
+) -> dict:
+    """Build, train, evaluate and write the outputs of one run; returns metrics.json.
+
+    With ``resume=<run dir>`` the run continues from that directory's last checkpoint and
+    writes its outputs there.
+    """
     from cl_framework.build import build_runner
+    from cl_framework.errors import CLFrameworkError
     from cl_framework.evaluation.report import build_metrics, format_summary, write_outputs
     from cl_framework.run_config import to_plain
 
-    runner = build_runner(cfg, output_dir)
-    result = runner.run()
     plain = to_plain(cfg)
+    if plain.get("resume"):
+        cfg, payload, output_dir, ckpt = prepare_resume(cfg, explicit_overrides, passed_keys)
+        runner = build_runner(cfg, output_dir)
+        runner.load_checkpoint_payload(payload, str(ckpt))
+    else:
+        runner = build_runner(cfg, output_dir)
+    try:
+        result = runner.run()
+    except CLFrameworkError:
+        raise
+    except BaseException as exc:  # a crash: keep what was measured, then fail loudly
+        runner.write_partial_results(reason=f"{type(exc).__name__}: {exc}")
+        raise
+    plain = {k: v for k, v in to_plain(cfg).items() if k != "resume"}
     metrics = build_metrics(
         result,
         scenario=runner.scenario.name,
@@ -59,15 +131,38 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     return metrics
 
 
+#: Exit codes: 2 bad input (config, data, checkpoint), 3 non-finite loss, 130/143 interrupted.
+EXIT_BAD_INPUT = 2
+EXIT_NON_FINITE = 3
+
+
+def _command_line() -> tuple[bool, tuple[str, ...]]:
+    """Whether the command line selected anything besides resume= / paths / display options,
+    and the dotted keys it set."""
+    ignored = ("resume=", "hydra.", "trainer.progress_bar=", "paths.")
+    task = [o.lstrip("+~") for o in HydraConfig.get().overrides.task]
+    keys = tuple(o.split("=", 1)[0] for o in task if "=" in o)
+    return any(not o.startswith(ignored) for o in task), keys
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float:
+    from cl_framework.errors import NonFiniteLossError, RunInterrupted
+
     quiet_lightning()
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        metrics = run(cfg, output_dir)
+        explicit, keys = _command_line()
+        metrics = run(cfg, output_dir, explicit_overrides=explicit, passed_keys=keys)
+    except RunInterrupted as exc:
+        print(f"clf-train: {exc}; resume with resume=<run dir>", file=sys.stderr)
+        sys.exit(128 + exc.signum)
+    except NonFiniteLossError as exc:
+        print(f"clf-train: {exc}", file=sys.stderr)
+        sys.exit(EXIT_NON_FINITE)
     except CLFrameworkError as exc:
         print(f"clf-train: {exc}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_BAD_INPUT)
     return float(metrics["final_avg_acc"]["class_il"])
 
 

@@ -7,9 +7,14 @@ One training step (manual optimisation, so plug-ins may bring their own optimize
 3. forward with the plug-ins' tap modifiers (taps recorded if a plug-in needs them);
 4. the base cross-entropy (masked by ``logit_mask`` hooks and, in task-IL, by task) plus every
    plug-in's named ``loss_terms``;
-5. backward, ``before_optimizer_step`` hooks, step every optimizer;
+5. a finiteness check of the loss (every ``check_finite_every_n_steps``; before backward, so a
+   NaN never reaches the weights), backward, ``before_optimizer_step`` hooks, step every
+   optimizer;
 6. offer the stream rows (+ plug-ins' ``buffer_fields``) to the shared buffer once;
-7. ``after_train_step`` hooks.
+7. ``after_train_step`` hooks, then the runner's step hook (periodic checkpoints, interrupts).
+
+Optimizers and schedulers are built once per experience (``begin_experience``) and reused by
+every per-epoch fit of that experience, so a run can resume in the middle of an experience.
 
 Loss values are kept as tensors and read on the host only every ``log_every_n_steps`` steps, so
 the hot path has no per-step device synchronisation.
@@ -28,6 +33,7 @@ from torch import nn
 
 from cl_framework.backbones.taps import Backbone, TapContext, TapModifier
 from cl_framework.buffer import ReplayBuffer
+from cl_framework.engine.checkpoint import load_scheduler_state, scheduler_state
 from cl_framework.engine.heads import HeadManager
 from cl_framework.engine.optim import OptimizerConfig, build_optimizer, build_scheduler
 from cl_framework.engine.plugin import (
@@ -39,6 +45,7 @@ from cl_framework.engine.plugin import (
     ForwardOutput,
     StrategyPlugin,
 )
+from cl_framework.errors import NonFiniteLossError
 from cl_framework.scenarios.transforms import BatchTransform
 
 
@@ -69,6 +76,7 @@ class CLModule(pl.LightningModule):
         buffer: ReplayBuffer | None = None,
         log_every_n_steps: int = 50,
         gradient_clip_val: float | None = None,
+        check_finite_every_n_steps: int = 1,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -87,11 +95,23 @@ class CLModule(pl.LightningModule):
         }
         self.uses_buffer = buffer is not None and any(p.uses_buffer for p in plugins)
         self.records_taps = any(p.needs_taps for p in plugins)
+        self.check_finite_every_n_steps = check_finite_every_n_steps
         self.experience_index = 0
+        self.in_experience = False  # before_experience done, evaluation not yet
+        self.epoch_in_experience = 0
+        self.batches_done_in_epoch = 0
         self.step_count = 0
         self.step_log = StepLog(every_n_steps=max(1, log_every_n_steps))
         self.last_losses: dict[str, float] = {}
+        self.step_hook: Callable[[CLModule], None] | None = None
+        self._optimizers: list[torch.optim.Optimizer] | None = None
         self._schedulers: list[Any] = []
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies (``copy.deepcopy`` for candidates, teachers) never carry the runner's hook."""
+        state = dict(super().__getstate__())
+        state["step_hook"] = None
+        return state
 
     # ---------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor, taps: TapContext | None = None) -> torch.Tensor:
@@ -153,6 +173,13 @@ class CLModule(pl.LightningModule):
                     raise RuntimeError(f"loss term '{name}' of '{plugin.name}' is already defined")
                 losses[name] = value
         total = torch.stack([v.reshape(()) for v in losses.values()]).sum()
+        every = self.check_finite_every_n_steps
+        if every > 0 and self.step_count % every == 0 and not bool(torch.isfinite(total)):
+            raise NonFiniteLossError(
+                step=self.step_count,
+                experience=self.experience_index,
+                terms={k: float(v.detach()) for k, v in losses.items()},
+            )
 
         optimizers = self._optimizer_list()
         for opt in optimizers:
@@ -176,7 +203,10 @@ class CLModule(pl.LightningModule):
             plugin.after_train_step(step, out)
 
         self.step_count += 1
+        self.batches_done_in_epoch += 1
         self._record_losses(total, losses)
+        if self.step_hook is not None:
+            self.step_hook(self)
         return total.detach()
 
     def _record_losses(self, total: torch.Tensor, losses: dict[str, torch.Tensor]) -> None:
@@ -204,30 +234,85 @@ class CLModule(pl.LightningModule):
                 unique.append(p)
         return unique
 
-    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        """Rebuilt at every fit, i.e. per experience (fresh optimizer state)."""
+    def begin_experience(self, index: int) -> None:
+        """Fresh optimizers and schedulers for an experience (reused by its epoch fits)."""
+        self.experience_index = index
+        self.epoch_in_experience = 0
+        self.batches_done_in_epoch = 0
         main = build_optimizer(self.optimizer_config, self.trainable_parameters())
-        self._schedulers = [build_scheduler(self.optimizer_config, main)]
-        self._schedulers = [s for s in self._schedulers if s is not None]
+        scheduler = build_scheduler(self.optimizer_config, main)
+        self._schedulers = [scheduler] if scheduler is not None else []
         extra: list[torch.optim.Optimizer] = []
         for plugin in self._hooks["configure_optimizers"]:
             extra.extend(plugin.configure_optimizers())
-        return [main, *extra]
+        self._optimizers = [main, *extra]
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        """The experience's optimizers (built by ``begin_experience``), shared across fits."""
+        if self._optimizers is None:
+            self.begin_experience(self.experience_index)
+        assert self._optimizers is not None
+        return self._optimizers
+
+    def end_epoch(self) -> None:
+        """Step the epoch schedulers and advance the position (called by the runner)."""
+        for scheduler in self._schedulers:
+            scheduler.step()
+        self.epoch_in_experience += 1
+        self.batches_done_in_epoch = 0
 
     def _optimizer_list(self) -> list[Any]:
         opts = self.optimizers()
         return list(opts) if isinstance(opts, list) else [opts]
 
-    # ------------------------------------------------------------ epoch hooks
-    def on_train_epoch_start(self) -> None:
-        for plugin in self._hooks["on_epoch_start"]:
-            plugin.on_epoch_start(self.current_epoch)
+    # ------------------------------------------------------------------ state
+    def training_state(self) -> dict[str, Any]:
+        """Everything needed to continue training exactly (tensors / primitives only)."""
+        return {
+            "model": {k: v.detach().cpu() for k, v in self.state_dict().items()},
+            "heads": self.heads.state_dict(),
+            "buffer": self.buffer.state_dict() if self.buffer is not None else None,
+            "transform": self.transform.state_dict(),
+            "plugins": [{"name": p.name, "state": p.plugin_state()} for p in self.plugins],
+            "optimizers": [o.state_dict() for o in self._optimizers or []],
+            "schedulers": [scheduler_state(s) for s in self._schedulers],
+            "position": {
+                "experience": self.experience_index,
+                "in_experience": self.in_experience,
+                "epoch": self.epoch_in_experience,
+                "batch": self.batches_done_in_epoch,
+                "step": self.step_count,
+            },
+        }
 
-    def on_train_epoch_end(self) -> None:
-        for scheduler in self._schedulers:
-            scheduler.step()
-        for plugin in self._hooks["on_epoch_end"]:
-            plugin.on_epoch_end(self.current_epoch)
+    def load_training_state(self, state: dict[str, Any], with_optimizers: bool) -> None:
+        """Restore :meth:`training_state` (optimizers only for a mid-experience resume)."""
+        self.load_state_dict(state["model"])
+        self.heads.load_state_dict(state["heads"])
+        if self.buffer is not None and state["buffer"] is not None:
+            self.buffer.load_state_dict(state["buffer"])
+        self.transform.load_state_dict(state["transform"])
+        names = [p.name for p in self.plugins]
+        saved = [p["name"] for p in state["plugins"]]
+        if names != saved:
+            raise ValueError(f"checkpoint has strategies {saved}, this run has {names}")
+        for plugin, entry in zip(self.plugins, state["plugins"], strict=True):
+            plugin.load_plugin_state(entry["state"])
+        pos = state["position"]
+        self.experience_index = int(pos["experience"])
+        self.in_experience = bool(pos["in_experience"])
+        self.epoch_in_experience = int(pos["epoch"])
+        self.batches_done_in_epoch = int(pos["batch"])
+        self.step_count = int(pos["step"])
+        if with_optimizers:
+            epoch, batch = self.epoch_in_experience, self.batches_done_in_epoch
+            self.begin_experience(self.experience_index)
+            self.epoch_in_experience, self.batches_done_in_epoch = epoch, batch
+            assert self._optimizers is not None
+            for opt, opt_state in zip(self._optimizers, state["optimizers"], strict=True):
+                opt.load_state_dict(opt_state)
+            for sched, sched_state in zip(self._schedulers, state["schedulers"], strict=True):
+                load_scheduler_state(sched, sched_state)
 
     # --------------------------------------------------------------- plug-ins
     def call_plugins(self, hook: str, *args: Any) -> None:

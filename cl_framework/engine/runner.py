@@ -1,17 +1,24 @@
-"""``ContinualRunner``: the experience loop, outside Lightning.
+"""``ContinualRunner``: the experience loop, outside Lightning, with checkpoints and resume.
 
-Per experience: plug-ins' ``before_experience``; the (possibly plug-in-edited) training data; a
-fresh ``pl.Trainer`` and one ``fit`` (a re-used Trainer trains zero steps on its second fit, and
-optimizer/scheduler/epoch counters are per experience anyway); ``after_experience``; evaluation
-on every experience, future ones included. The accuracy matrices live here, not in a logger.
+Per experience: plug-ins' ``before_experience``; the (possibly plug-in-edited) training data;
+fresh optimizers; one short Lightning fit per epoch (a fresh ``pl.Trainer`` each: a re-used
+Trainer trains zero steps on its second fit); ``after_experience``; evaluation on every
+experience, future ones included. The accuracy matrices live here, not in a logger.
+
+Checkpoints (``<run dir>/checkpoints/last.ckpt``) are written at every experience boundary,
+optionally every N steps, on SIGINT/SIGTERM and before stopping on a non-finite loss. They hold
+the model, plug-in state, optimizers, buffer, head mapping, every RNG state, the matrices so far
+and the position (experience, epoch, batch), so ``resume=<run dir>`` continues exactly.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,17 +29,25 @@ import torch
 from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.loggers import Logger
 
+from cl_framework.engine.checkpoint import (
+    FORMAT_VERSION,
+    atomic_save,
+    capture_global_rng,
+    checkpoint_path,
+    restore_global_rng,
+)
 from cl_framework.engine.evaluate import EvalRow, evaluate_all
 from cl_framework.engine.module import CLModule
+from cl_framework.errors import CheckpointError, NonFiniteLossError, RunInterrupted
 from cl_framework.scenarios import Scenario, Split
-from cl_framework.scenarios.loader import TensorBatchLoader
+from cl_framework.scenarios.loader import TensorBatchLoader, epoch_seed
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class TrainerConfig:
-    """``trainer`` config group: the per-experience training loop and evaluation."""
+    """``trainer`` config group: the per-experience training loop, evaluation, checkpoints."""
 
     epochs: int = 1
     batch_size: int = 32
@@ -45,6 +60,9 @@ class TrainerConfig:
     progress_bar: Any = "auto"
     gradient_clip_val: float | None = None
     limit_train_batches: int | None = None
+    checkpoint: bool = True
+    checkpoint_every_n_steps: int | None = None
+    check_finite_every_n_steps: int = 1
 
 
 @dataclass
@@ -59,6 +77,18 @@ class RunResult:
     experience_train_time_s: list[float] = field(default_factory=list)
 
 
+@dataclass
+class _Progress:
+    """The runner's own position and results so far (part of every checkpoint)."""
+
+    class_il: np.ndarray
+    task_il: np.ndarray
+    random_init: EvalRow | None = None
+    completed: int = 0  # experiences fully trained and evaluated
+    times: list[float] = field(default_factory=list)
+    elapsed_s: float = 0.0  # wall time of earlier (interrupted) processes
+
+
 def resolve_device(accelerator: str) -> torch.device:
     """The device training will run on, known before any Trainer exists (for the buffer)."""
     if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
@@ -67,7 +97,7 @@ def resolve_device(accelerator: str) -> torch.device:
 
 
 class ContinualRunner:
-    """Drives one Lightning fit per experience and fills the accuracy matrices."""
+    """Drives the per-experience fits, fills the accuracy matrices, checkpoints and resumes."""
 
     def __init__(
         self,
@@ -77,6 +107,7 @@ class ContinualRunner:
         seed: int = 0,
         loggers: Sequence[Logger] = (),
         output_dir: Path | None = None,
+        config: dict[str, Any] | None = None,
     ) -> None:
         self.scenario = scenario
         self.module = module
@@ -84,20 +115,24 @@ class ContinualRunner:
         self.seed = seed
         self.loggers = list(loggers)
         self.output_dir = output_dir
+        self.config = config or {}
         self.device = resolve_device(trainer.accelerator)
+        n = scenario.n_experiences
+        self.progress = _Progress(class_il=np.zeros((n, n)), task_il=np.zeros((n, n)))
+        self._resume_mid_experience = False
+        self._stop_signal: int | None = None
 
     # ------------------------------------------------------------------ fits
-    def make_trainer(self, epochs: int, limit_train_batches: int | None = None) -> pl.Trainer:
-        """A fresh Trainer for one fit, sharing the run's loggers."""
+    def make_trainer(self) -> pl.Trainer:
+        """A fresh Trainer for one epoch, sharing the run's loggers."""
         cfg = self.trainer_cfg
         show_bar = sys.stdout.isatty() if cfg.progress_bar == "auto" else bool(cfg.progress_bar)
         callbacks = [TQDMProgressBar(refresh_rate=max(1, cfg.log_every_n_steps))]
-        limit = limit_train_batches if limit_train_batches is not None else cfg.limit_train_batches
         return pl.Trainer(
             accelerator="gpu" if self.device.type == "cuda" else "cpu",
             devices=cfg.devices,
             precision=cfg.precision,
-            max_epochs=epochs,
+            max_epochs=1,
             deterministic=cfg.deterministic,
             logger=self.loggers if self.loggers else False,
             callbacks=callbacks if show_bar else [],
@@ -105,21 +140,31 @@ class ContinualRunner:
             enable_checkpointing=False,
             enable_model_summary=False,
             num_sanity_val_steps=0,
-            limit_train_batches=limit if limit is not None else 1.0,
             log_every_n_steps=max(1, cfg.log_every_n_steps),
         )
 
     def loader(
-        self, split: Split, task_label: int, seed_offset: int = 0, batch_size: int | None = None
+        self,
+        split: Split,
+        task_label: int,
+        experience: int,
+        epoch: int,
+        skip_batches: int = 0,
+        stream: int = 0,
+        batch_size: int | None = None,
+        max_batches: int | None = None,
     ) -> TensorBatchLoader:
-        """A shuffled batch iterator over ``split``, seeded from the run seed and an offset."""
+        """One epoch of shuffled batches of ``split``; the shuffle depends only on the seeds."""
         return TensorBatchLoader(
             split.x,
             split.y,
-            task_label=split.task_labels(task_label),
+            split.task_labels(task_label),
             batch_size=batch_size or self.trainer_cfg.batch_size,
-            shuffle=True,
-            seed=self.seed * 100_003 + seed_offset,
+            seed=epoch_seed(self.seed, experience, epoch, stream),
+            skip_batches=skip_batches,
+            max_batches=max_batches
+            if max_batches is not None
+            else self.trainer_cfg.limit_train_batches,
         )
 
     def fit(
@@ -128,22 +173,50 @@ class ContinualRunner:
         task_label: int,
         epochs: int | None = None,
         module: CLModule | None = None,
-        seed_offset: int = 0,
+        stream: int = 1,
         limit_train_batches: int | None = None,
     ) -> float:
-        """Train ``module`` (default: the run's) on ``split``; returns the seconds it took.
+        """Train ``module`` (default: the run's) on ``split`` from fresh optimizers.
 
-        Public so that plug-ins can train candidate copies (WSCL) or run extra phases (sleep).
+        Public so that plug-ins can train candidate copies (WSCL) or run extra phases (sleep);
+        ``stream`` separates their shuffles from the main training's. Returns seconds taken.
         """
         module = module if module is not None else self.module
-        if len(split.y) == 0:
-            return 0.0
-        trainer = self.make_trainer(epochs or self.trainer_cfg.epochs, limit_train_batches)
+        index = module.experience_index
+        module.begin_experience(index)
         start = time.perf_counter()
-        trainer.fit(module, train_dataloaders=self.loader(split, task_label, seed_offset))
-        elapsed = time.perf_counter() - start
-        module.to(self.device)
-        return elapsed
+        for epoch in range(epochs or self.trainer_cfg.epochs):
+            loader = self.loader(
+                split, task_label, index, epoch, stream=stream, max_batches=limit_train_batches
+            )
+            self._fit_epoch(module, loader)
+        return time.perf_counter() - start
+
+    def _fit_epoch(self, module: CLModule, loader: TensorBatchLoader) -> None:
+        if len(loader) > 0:
+            self.make_trainer().fit(module, train_dataloaders=loader)
+            module.to(self.device)
+        module.end_epoch()
+
+    def _train_experience(self, experience_index: int, split: Split, task_label: int) -> float:
+        """The main training of one experience, resuming mid-experience if positioned so."""
+        module = self.module
+        if self._resume_mid_experience:
+            self._resume_mid_experience = False
+            first_epoch, skip = module.epoch_in_experience, module.batches_done_in_epoch
+        else:
+            module.begin_experience(experience_index)
+            first_epoch, skip = 0, 0
+        start = time.perf_counter()
+        for epoch in range(first_epoch, self.trainer_cfg.epochs):
+            skip_now = skip if epoch == first_epoch else 0
+            module.epoch_in_experience = epoch
+            module.batches_done_in_epoch = skip_now
+            module.call_plugins("on_epoch_start", epoch)
+            loader = self.loader(split, task_label, experience_index, epoch, skip_now)
+            self._fit_epoch(module, loader)
+            module.call_plugins("on_epoch_end", epoch)
+        return time.perf_counter() - start
 
     def evaluate(self) -> EvalRow:
         self.module.to(self.device)
@@ -151,39 +224,70 @@ class ContinualRunner:
 
     # ------------------------------------------------------------------- run
     def run(self) -> RunResult:
+        """Train and evaluate every experience (continuing from a loaded checkpoint)."""
         start = time.perf_counter()
         scenario = self.scenario
-        n = scenario.n_experiences
-        class_il = np.zeros((n, n))
-        task_il = np.zeros((n, n))
-        random_init = self.evaluate()
-        log.info("random init: class-IL %s", " ".join(f"{a:5.1f}" for a in random_init.class_il))
-        times: list[float] = []
-        for i, experience in enumerate(scenario):
-            self.module.experience_index = i
-            self.module.call_plugins("before_experience", experience)
-            split = self.module.fold_plugins("train_data", experience.train, experience)
-            log.info(
-                "experience %d/%d: classes %s, %d training samples",
-                i + 1,
-                n,
-                list(experience.classes),
-                len(split.y),
-            )
-            times.append(self.fit(split, experience.task_label, seed_offset=i))
-            self.module.call_plugins("after_experience", experience)
-            row = self.evaluate()
-            class_il[i] = row.class_il
-            task_il[i] = row.task_il
-            self._log_row(i, row, times[-1])
+        progress = self.progress
+        self.module.step_hook = self._after_step
+        restore = self._install_signal_handlers()
+        try:
+            if progress.random_init is None:
+                progress.random_init = self.evaluate()
+                log.info(
+                    "random init: class-IL %s",
+                    " ".join(f"{a:5.1f}" for a in progress.random_init.class_il),
+                )
+            for i in range(progress.completed, scenario.n_experiences):
+                self._run_experience(i)
+                progress.completed = i + 1
+                if self.trainer_cfg.checkpoint:
+                    self.save_checkpoint()
+                self._check_stop()
+        except (NonFiniteLossError, RunInterrupted) as exc:
+            progress.elapsed_s += time.perf_counter() - start
+            self._save_on_failure(exc)
+            raise
+        finally:
+            restore()
+            self.module.step_hook = None
+        progress.elapsed_s += time.perf_counter() - start
         return RunResult(
-            class_il=class_il,
-            task_il=task_il,
-            random_init=random_init,
-            train_time_s=float(sum(times)),
-            wall_time_s=time.perf_counter() - start,
-            experience_train_time_s=times,
+            class_il=progress.class_il.copy(),
+            task_il=progress.task_il.copy(),
+            random_init=progress.random_init,
+            train_time_s=float(sum(progress.times)),
+            wall_time_s=progress.elapsed_s,
+            experience_train_time_s=list(progress.times),
         )
+
+    def _run_experience(self, i: int) -> None:
+        experience = self.scenario[i]
+        module = self.module
+        resuming = self._resume_mid_experience
+        if not resuming:
+            module.experience_index = i
+            module.call_plugins("before_experience", experience)
+            module.in_experience = True
+        split = module.fold_plugins("train_data", experience.train, experience)
+        log.info(
+            "experience %d/%d: classes %s, %d training samples%s",
+            i + 1,
+            self.scenario.n_experiences,
+            list(experience.classes),
+            len(split.y),
+            " (resumed)" if resuming else "",
+        )
+        seconds = self._train_experience(i, split, experience.task_label)
+        if len(self.progress.times) > i:
+            self.progress.times[i] += seconds
+        else:
+            self.progress.times.append(seconds)
+        module.call_plugins("after_experience", experience)
+        row = self.evaluate()
+        self.progress.class_il[i] = row.class_il
+        self.progress.task_il[i] = row.task_il
+        module.in_experience = False
+        self._log_row(i, row, self.progress.times[i])
 
     def _log_row(self, i: int, row: EvalRow, seconds: float) -> None:
         seen = slice(0, i + 1)
@@ -208,3 +312,134 @@ class ContinualRunner:
         for logger in self.loggers:
             logger.log_metrics(metrics, step=self.module.step_count)
             logger.save()
+
+    # ------------------------------------------------------- steps, signals
+    def _after_step(self, module: CLModule) -> None:
+        every = self.trainer_cfg.checkpoint_every_n_steps
+        if every and self.trainer_cfg.checkpoint and module.step_count % every == 0:
+            self.save_checkpoint()
+        self._check_stop()
+
+    def _check_stop(self) -> None:
+        if self._stop_signal is not None:
+            raise RunInterrupted(self._stop_signal, self.module.step_count)
+
+    def _install_signal_handlers(self) -> Callable[[], None]:
+        """SIGINT / SIGTERM request a stop at the next step boundary (main thread only)."""
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def request_stop(signum: int, frame: Any) -> None:
+            if self._stop_signal is not None:  # second signal: stop now
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+            log.warning("signal %d: stopping after the current step and saving", signum)
+
+        previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+
+        def restore() -> None:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+        return restore
+
+    def _save_on_failure(self, exc: Exception) -> None:
+        """Checkpoint the last consistent state and write the partial results."""
+        if self.output_dir is None:
+            return
+        if self.trainer_cfg.checkpoint:
+            path = self.save_checkpoint()
+            log.error("%s; checkpoint saved to %s", exc, path)
+        self.write_partial_results(reason=str(exc))
+
+    def write_partial_results(self, reason: str) -> Path | None:
+        """``partial_metrics.json``: the rows of the matrices finished so far."""
+        if self.output_dir is None:
+            return None
+        done = self.progress.completed
+        payload = {
+            "status": "incomplete",
+            "reason": reason,
+            "completed_experiences": done,
+            "n_experiences": self.scenario.n_experiences,
+            "step": self.module.step_count,
+            "acc_matrix": {
+                "class_il": self.progress.class_il[:done].tolist(),
+                "task_il": self.progress.task_il[:done].tolist(),
+            },
+            "resume": f"clf-train resume={self.output_dir}",
+        }
+        path = self.output_dir / "partial_metrics.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=2))
+        return path
+
+    # ---------------------------------------------------------- checkpoints
+    def checkpoint_payload(self) -> dict[str, Any]:
+        p = self.progress
+        random_init = p.random_init
+        return {
+            "format_version": FORMAT_VERSION,
+            "config": self.config,
+            "class_order": list(self.scenario.class_order),
+            "training": self.module.training_state(),
+            "rng": capture_global_rng(),
+            "runner": {
+                "completed": p.completed,
+                "class_il": torch.from_numpy(p.class_il.copy()),
+                "task_il": torch.from_numpy(p.task_il.copy()),
+                "random_init": None
+                if random_init is None
+                else {"class_il": list(random_init.class_il), "task_il": list(random_init.task_il)},
+                "times": list(p.times),
+                "elapsed_s": p.elapsed_s,
+            },
+        }
+
+    def save_checkpoint(self) -> Path | None:
+        if self.output_dir is None:
+            return None
+        return atomic_save(self.checkpoint_payload(), checkpoint_path(self.output_dir))
+
+    def load_checkpoint_payload(self, payload: dict[str, Any], source: str) -> None:
+        """Restore a run from :meth:`checkpoint_payload` (after the run was rebuilt)."""
+        if list(payload["class_order"]) != list(self.scenario.class_order):
+            raise CheckpointError(
+                source,
+                "its class order differs from the rebuilt scenario's",
+                "resume with the same scenario config and class_order_seed",
+            )
+        r = payload["runner"]
+        p = self.progress
+        p.completed = int(r["completed"])
+        p.class_il = r["class_il"].numpy().copy()
+        p.task_il = r["task_il"].numpy().copy()
+        ri = r["random_init"]
+        p.random_init = None if ri is None else EvalRow(list(ri["class_il"]), list(ri["task_il"]))
+        p.times = [float(t) for t in r["times"]]
+        p.elapsed_s = float(r["elapsed_s"])
+        training = payload["training"]
+        pos = training["position"]
+        mid = bool(pos["in_experience"]) and int(pos["experience"]) == p.completed
+        try:
+            self.module.load_training_state(training, with_optimizers=bool(mid))
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(
+                source, f"does not match this run ({str(exc)[:200]})", "resume with its config"
+            ) from None
+        self._resume_mid_experience = bool(mid)
+        restore_global_rng(payload["rng"])
+        self.module.to(self.device)
+        if self.module.buffer is not None:
+            self.module.buffer.to(self.device)
+        log.info(
+            "resumed from %s: %d experience(s) done, step %d%s",
+            source,
+            p.completed,
+            self.module.step_count,
+            f", inside experience {p.completed + 1} at epoch {pos['epoch']} batch {pos['batch']}"
+            if mid
+            else "",
+        )

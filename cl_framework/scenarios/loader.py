@@ -1,9 +1,10 @@
-"""A minimal batch iterator over in-memory tensors.
+"""A minimal batch iterator over in-memory tensors, one epoch per instance.
 
 ``torch.utils.data.DataLoader`` over a ``TensorDataset`` indexes and collates sample by sample,
 which dominates the step time at the batch size of 10 used by online CL benchmarks. This loader
-slices whole batches from the uint8 tensors with one shuffled permutation per epoch drawn from
-its own generator (checkpointable, independent of global RNG state).
+slices whole batches from the uint8 tensors. Its shuffle is a pure function of ``seed`` (the
+runner derives it from the run seed, the experience and the epoch), so a resumed run can rebuild
+the exact epoch and skip the batches already trained (``skip_batches``) without saved state.
 """
 
 from __future__ import annotations
@@ -13,41 +14,56 @@ from collections.abc import Iterator
 import torch
 
 
+def epoch_seed(run_seed: int, experience: int, epoch: int, stream: int = 0) -> int:
+    """Seed of one epoch's shuffle; distinct for every (run seed, experience, epoch, stream)."""
+    return ((run_seed * 1_000_003 + stream) * 10_007 + experience) * 100_003 + epoch
+
+
 class TensorBatchLoader:
-    """Iterates ``{"x", "y", "t"}`` batches of a split; sized, so progress bars know the length."""
+    """Iterates ``{"x", "y", "t"}`` batches of one epoch (sized, for progress bars).
+
+    ``max_batches`` caps the epoch (debug runs); ``skip_batches`` starts inside it (resume).
+    """
 
     def __init__(
         self,
         x: torch.Tensor,
         y: torch.Tensor,
-        task_label: int | torch.Tensor,
+        t: torch.Tensor,
         batch_size: int,
-        shuffle: bool = True,
         seed: int = 0,
+        shuffle: bool = True,
+        skip_batches: int = 0,
+        max_batches: int | None = None,
         drop_last: bool = False,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        if len(x) != len(y):
-            raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
-        self.x = x
-        self.y = y
-        if isinstance(task_label, torch.Tensor):
-            self.t = task_label.long()
-        else:
-            self.t = torch.full((len(y),), int(task_label), dtype=torch.long)
+        if not len(x) == len(y) == len(t):
+            raise ValueError(f"x, y, t have {len(x)}, {len(y)}, {len(t)} rows")
+        self.x, self.y, self.t = x, y, t.long()
         self.batch_size = batch_size
+        self.seed = seed
         self.shuffle = shuffle
+        self.skip_batches = skip_batches
+        self.max_batches = max_batches
         self.drop_last = drop_last
-        self.generator = torch.Generator().manual_seed(seed)
+
+    def total_batches(self) -> int:
+        """Batches in a whole epoch (before skipping, after the cap)."""
+        n = len(self.y)
+        total = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return total if self.max_batches is None else min(total, self.max_batches)
 
     def __len__(self) -> int:
-        n = len(self.y)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return max(0, self.total_batches() - self.skip_batches)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         n = len(self.y)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        for b in range(len(self)):
+        if self.shuffle:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
+        else:
+            order = torch.arange(n)
+        for b in range(self.skip_batches, self.total_batches()):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             yield {"x": self.x[idx], "y": self.y[idx], "t": self.t[idx]}

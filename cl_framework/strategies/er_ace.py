@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cl_framework.engine.plugin import Batch, ForwardOutput
+from cl_framework.engine.plugin import Batch, ForwardOutput, StrategyContext
 from cl_framework.strategies.registry import register_strategy
 from cl_framework.strategies.rehearsal import RehearsalPlugin
 
@@ -26,18 +26,14 @@ class ERACE(RehearsalPlugin):
     class Config:
         minibatch_size: int = 32
 
-    def __init__(self, cfg: Config) -> None:
-        super().__init__(cfg)
-        self.register_buffer("seen_heads", torch.zeros(0, dtype=torch.bool))
-
-    def _seen(self, n_heads: int, device: torch.device) -> torch.Tensor:
-        if self.seen_heads.numel() != n_heads:
-            self.seen_heads = torch.zeros(n_heads, dtype=torch.bool, device=device)
-        return self.seen_heads
+    def setup(self, ctx: StrategyContext) -> None:
+        super().setup(ctx)
+        # heads seen in any stream batch so far (a buffer: checkpointed, moves with the model)
+        self.register_buffer("seen_heads", torch.zeros(ctx.heads.n_heads, dtype=torch.bool))
 
     def logit_mask(self, batch: Batch) -> torch.Tensor | None:
         n_heads = self.module.heads.n_heads
-        seen = self._seen(n_heads, batch.y.device)
+        seen = self.seen_heads
         present = torch.zeros(n_heads, dtype=torch.bool, device=batch.y.device)
         present[batch.y] = True
         seen |= present

@@ -83,6 +83,10 @@ class OnlineEWC(StrategyPlugin):
         if not self.fisher:
             return {}
         penalty = out.logits.new_zeros(())
+        if next(iter(self.fisher.values())).device != out.logits.device:  # after a resume
+            device = out.logits.device
+            self.fisher = {k: v.to(device) for k, v in self.fisher.items()}
+            self.anchor = {k: v.to(device) for k, v in self.anchor.items()}
         for k, p in self._net().named_parameters():
             if k in self.fisher:
                 penalty = penalty + (self.fisher[k] * (p - self.anchor[k]) ** 2).sum()

@@ -14,12 +14,13 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cl_framework.engine.plugin import Batch, ForwardOutput, StrategyPlugin
+from cl_framework.engine.plugin import Batch, ForwardOutput, StrategyContext, StrategyPlugin
 from cl_framework.scenarios import Experience
 from cl_framework.strategies.registry import register_strategy
 
@@ -43,9 +44,22 @@ class LwF(StrategyPlugin):
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
-        self.teacher: nn.Module | None = None
-        self.register_buffer("old_heads", torch.zeros(0, dtype=torch.bool))
-        self.register_buffer("seen_heads", torch.zeros(0, dtype=torch.bool))
+        # The frozen teacher is deliberately not a registered sub-module: it exists only from
+        # the second experience on, so it travels through plugin_state() instead.
+        object.__setattr__(self, "teacher", None)
+
+    def setup(self, ctx: StrategyContext) -> None:
+        super().setup(ctx)
+        n_heads = ctx.heads.n_heads
+        self.register_buffer("old_heads", torch.zeros(n_heads, dtype=torch.bool))
+        self.register_buffer("seen_heads", torch.zeros(n_heads, dtype=torch.bool))
+
+    def _make_teacher(self) -> nn.Module:
+        module = self.module
+        teacher = nn.Sequential(copy.deepcopy(module.backbone), copy.deepcopy(module.head))
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        return teacher.eval()
 
     def before_experience(self, experience: Experience) -> None:
         module = self.module
@@ -60,10 +74,7 @@ class LwF(StrategyPlugin):
         if experience.index == 0:
             return
         self._warm_up(experience)
-        teacher = nn.Sequential(copy.deepcopy(module.backbone), copy.deepcopy(module.head))
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        self.teacher = teacher.eval()
+        object.__setattr__(self, "teacher", self._make_teacher())
 
     def _warm_up(self, experience: Experience) -> None:
         """Train only the classifier on frozen features for the new experience's heads."""
@@ -72,12 +83,13 @@ class LwF(StrategyPlugin):
         new_heads = module.heads.heads_of(experience.classes).to(device)
         lr = self.cfg.warmup_lr or module.optimizer_config.lr
         opt = torch.optim.SGD(module.head.parameters(), lr=lr)
-        loader = self.ctx.runner.loader(
-            experience.train, experience.task_label, seed_offset=10_000 + experience.index
-        )
+        runner = self.ctx.runner
         was_training = module.training
         module.eval()
-        for _ in range(self.cfg.warmup_epochs):
+        for epoch in range(self.cfg.warmup_epochs):
+            loader = runner.loader(
+                experience.train, experience.task_label, experience.index, epoch, stream=2
+            )
             for batch in loader:
                 x = module.transform.train(batch["x"].to(device))
                 y = module.heads.map(batch["y"].to(device))
@@ -108,3 +120,15 @@ class LwF(StrategyPlugin):
             params = self.module.trainable_parameters()
             terms["lwf_l2"] = self.cfg.wd_reg * sum((p**2).sum() for p in params)
         return terms
+
+    def plugin_state(self) -> dict[str, Any]:
+        teacher = self.teacher
+        return {"teacher": None if teacher is None else teacher.state_dict()}
+
+    def load_plugin_state(self, state: Mapping[str, Any]) -> None:
+        if state.get("teacher") is None:
+            object.__setattr__(self, "teacher", None)
+            return
+        teacher = self._make_teacher()
+        teacher.load_state_dict(state["teacher"])
+        object.__setattr__(self, "teacher", teacher.to(self.module.device))
