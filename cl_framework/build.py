@@ -101,7 +101,7 @@ def build_runner(cfg: Mapping[str, Any], output_dir: Path | str) -> ContinualRun
             "use a backbone with taps (mlp, resnet18, reduced_resnet18, timm models with "
             "feature_info)",
         )
-    heads = HeadManager(scenario.n_classes)
+    heads = HeadManager(scenario.n_classes, sum(p.extra_heads() for p in plugins))
     device = resolve_device(rc.trainer.accelerator)
     buffer = None
     if replay:

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 #: Names of every hook a plug-in may override; the engine dispatches only overridden ones.
 HOOKS: tuple[str, ...] = (
+    "assign_heads",
     "before_experience",
     "train_data",
     "after_experience",
@@ -153,7 +154,19 @@ class StrategyPlugin(nn.Module):
         """Whether this plug-in implements ``hook`` (the engine skips hooks it does not)."""
         return getattr(type(self), hook) is not getattr(StrategyPlugin, hook)
 
+    def extra_heads(self) -> int:
+        """Output units this plug-in needs beyond one per benchmark class (auxiliary, dream)."""
+        return 0
+
     # ------------------------------------------------------ runner-level hooks
+    def assign_heads(self, experience: Experience) -> None:
+        """Bind ``experience``'s classes to heads (head manager) before it is first evaluated.
+
+        Called for experience 0 before the random-init evaluation, and for experience i+1
+        right after experience i is trained, before the evaluation that fills row i; so
+        ``acc[i][i+1]`` (and FWT) is measured with the mapping the experience will train with.
+        """
+
     def before_experience(self, experience: Experience) -> None:
         """Before the fit of ``experience`` (outside Lightning): re-map heads, train candidates."""
 

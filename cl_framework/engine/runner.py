@@ -232,6 +232,7 @@ class ContinualRunner:
         restore = self._install_signal_handlers()
         try:
             if progress.random_init is None:
+                self.module.call_plugins("assign_heads", scenario[0])
                 progress.random_init = self.evaluate()
                 log.info(
                     "random init: class-IL %s",
@@ -283,6 +284,8 @@ class ContinualRunner:
         else:
             self.progress.times.append(seconds)
         module.call_plugins("after_experience", experience)
+        if i + 1 < self.scenario.n_experiences:
+            module.call_plugins("assign_heads", self.scenario[i + 1])
         row = self.evaluate()
         self.progress.class_il[i] = row.class_il
         self.progress.task_il[i] = row.task_il
