@@ -23,6 +23,7 @@ from cl_framework.engine.runner import ContinualRunner, resolve_device
 from cl_framework.errors import ConfigError
 from cl_framework.run_config import RunConfig, to_plain, validate_run_config
 from cl_framework.scenarios import Scenario, build_scenario, load_source
+from cl_framework.scenarios.subset import subsample_scenario
 from cl_framework.scenarios.transforms import BatchTransform
 from cl_framework.strategies.registry import build_strategies, import_strategy_modules
 
@@ -30,7 +31,7 @@ from cl_framework.strategies.registry import build_strategies, import_strategy_m
 def build_scenario_from_config(rc: RunConfig) -> Scenario:
     s = rc.scenario
     source = load_source(s.source, rc.paths.data_dir, **s.source_options)
-    return build_scenario(
+    scenario = build_scenario(
         source,
         name=s.name,
         setting=s.setting,
@@ -41,6 +42,9 @@ def build_scenario_from_config(rc: RunConfig) -> Scenario:
         val_fraction=s.val_fraction,
         val_seed=rc.seed,
     )
+    if s.max_train_per_class is not None:
+        scenario = subsample_scenario(scenario, s.max_train_per_class, seed=rc.seed)
+    return scenario
 
 
 def build_loggers(rc: RunConfig, output_dir: Path, resumed: bool = False) -> list[Logger]:

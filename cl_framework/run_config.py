@@ -13,7 +13,7 @@ from cl_framework.engine.optim import OptimizerConfig
 from cl_framework.engine.runner import TrainerConfig
 from cl_framework.errors import ConfigError
 
-SETTINGS = ("class-il", "task-il")
+SETTINGS = ("class-il", "task-il", "domain-il")
 LOGGERS = ("csv", "tensorboard", "wandb")
 BUFFER_DEVICES = ("auto", "cpu", "cuda")
 
@@ -31,6 +31,7 @@ class ScenarioConfig:
     class_order: list[int] | None = None
     class_order_seed: int | None = None
     val_fraction: float = 0.0
+    max_train_per_class: int | None = None
     normalize: bool = False
     crop_padding: int = 0
     hflip: bool = False
@@ -138,6 +139,8 @@ def validate_run_config(cfg: Mapping[str, Any] | DictConfig) -> RunConfig:
         )
     if not 0.0 <= scenario.val_fraction < 1.0:
         raise ConfigError("scenario.val_fraction", "must be in [0, 1)")
+    if scenario.max_train_per_class is not None and scenario.max_train_per_class <= 0:
+        raise ConfigError("scenario.max_train_per_class", "must be a positive count or null")
     buffer = validate_node(plain.get("buffer"), BufferConfig, "buffer")
     if buffer.size < 0:
         raise ConfigError("buffer.size", f"must be >= 0, got {buffer.size}")

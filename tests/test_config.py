@@ -63,6 +63,7 @@ class _NeedsTaps(StrategyPlugin):
         (["backbone.name=nonet"], "backbone.name", "nonet"),
         (["optimizer.name=rmsprop"], "optimizer.name", "rmsprop"),
         (["scenario.setting=domain"], "scenario.setting", "domain"),
+        (["scenario.max_train_per_class=0"], "scenario.max_train_per_class", "positive"),
         (["scenario.source=cifar7"], "scenario.source", "cifar7"),
         (["buffer.policy=fifo"], "buffer.policy", "fifo"),
         (

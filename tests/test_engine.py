@@ -172,3 +172,17 @@ def test_same_seed_same_result_different_seed_differs(make_config, tmp_path):
     a, b, c = final(3, "a"), final(3, "b"), final(4, "c")
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+def test_max_train_per_class_subsets_training_data_only(make_config, tmp_path):
+    full = build_runner(make_config("strategy=[finetune]"), tmp_path / "a").scenario
+    small = build_runner(
+        make_config("strategy=[finetune]", "scenario.max_train_per_class=7"), tmp_path / "b"
+    ).scenario
+    for a, b in zip(full, small, strict=True):
+        assert torch.bincount(b.train.y).max().item() == 7
+        assert set(b.train.y.tolist()) == set(a.classes)
+        assert torch.equal(a.test.x, b.test.x)  # test sets untouched
+        # the kept rows are real rows of the full training split
+        full_rows = {bytes(r.numpy()) for r in a.train.x}
+        assert all(bytes(r.numpy()) in full_rows for r in b.train.x)
