@@ -16,6 +16,7 @@ from pytorch_lightning.loggers import CSVLogger, Logger
 
 from cl_framework.backbones import build_backbone
 from cl_framework.buffer import ReplayBuffer
+from cl_framework.engine.distributed import global_rank, world_size_from_config
 from cl_framework.engine.heads import HeadManager
 from cl_framework.engine.module import CLModule
 from cl_framework.engine.plugin import StrategyContext
@@ -108,10 +109,24 @@ def build_runner(cfg: Mapping[str, Any], output_dir: Path | str) -> ContinualRun
     heads = HeadManager(scenario.n_classes, sum(p.extra_heads() for p in plugins))
     device = resolve_device(rc.trainer.accelerator)
     buffer = None
+    t = rc.trainer
+    world = world_size_from_config(t.strategy, t.devices, t.num_nodes)
+    rank = global_rank(t.devices) if world > 1 else 0
+    sharded = world > 1 and rc.buffer.distributed == "sharded"
     if replay:
         buffer_device = device if rc.buffer.device == "auto" else torch.device(rc.buffer.device)
+        capacity = rc.buffer.size // world if sharded else rc.buffer.size
+        if capacity <= 0:
+            raise ConfigError(
+                "buffer.size",
+                f"{rc.buffer.size} slots cannot be sharded over {world} processes",
+                "use a larger buffer.size or buffer.distributed=replicated",
+            )
         buffer = ReplayBuffer(
-            rc.buffer.size, policy=rc.buffer.policy, device=buffer_device, seed=rc.seed + 1
+            capacity,
+            policy=rc.buffer.policy,
+            device=buffer_device,
+            seed=rc.seed + 1 + (rank if sharded else 0),
         )
     s = rc.scenario
     transform = BatchTransform(
@@ -133,6 +148,7 @@ def build_runner(cfg: Mapping[str, Any], output_dir: Path | str) -> ContinualRun
         log_every_n_steps=rc.trainer.log_every_n_steps,
         gradient_clip_val=rc.trainer.gradient_clip_val,
         check_finite_every_n_steps=rc.trainer.check_finite_every_n_steps,
+        replicate_buffer=world > 1 and not sharded,
     )
     runner = ContinualRunner(
         scenario,

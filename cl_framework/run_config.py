@@ -9,6 +9,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from cl_framework.config_schema import validate_node
+from cl_framework.engine.distributed import DISTRIBUTED_MODES
 from cl_framework.engine.optim import OptimizerConfig
 from cl_framework.engine.runner import TrainerConfig
 from cl_framework.errors import ConfigError
@@ -44,6 +45,7 @@ class BufferConfig:
     size: int = 0
     policy: str = "reservoir"
     device: str = "auto"
+    distributed: str = "replicated"
 
 
 @dataclass
@@ -144,6 +146,12 @@ def validate_run_config(cfg: Mapping[str, Any] | DictConfig) -> RunConfig:
     buffer = validate_node(plain.get("buffer"), BufferConfig, "buffer")
     if buffer.size < 0:
         raise ConfigError("buffer.size", f"must be >= 0, got {buffer.size}")
+    if buffer.distributed not in DISTRIBUTED_MODES:
+        raise ConfigError(
+            "buffer.distributed",
+            f"unknown mode '{buffer.distributed}'",
+            f"use {DISTRIBUTED_MODES}",
+        )
     if buffer.device not in BUFFER_DEVICES:
         raise ConfigError(
             "buffer.device", f"unknown device '{buffer.device}'", f"use {BUFFER_DEVICES}"

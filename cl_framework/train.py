@@ -125,9 +125,10 @@ def run(
         seed=int(plain.get("seed", 0)),
         config=plain,
     )
-    paths = write_outputs(output_dir, metrics)
-    log.info("\n%s", format_summary(metrics))
-    log.info("outputs in %s", paths["metrics"].parent)
+    if runner.rank == 0:  # DDP: one writer
+        paths = write_outputs(output_dir, metrics)
+        log.info("\n%s", format_summary(metrics))
+        log.info("outputs in %s", paths["metrics"].parent)
     return metrics
 
 

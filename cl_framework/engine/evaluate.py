@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from cl_framework.engine import distributed
 from cl_framework.engine.module import CLModule
 from cl_framework.scenarios import Scenario
 
@@ -23,7 +24,8 @@ def evaluate_all(module: CLModule, scenario: Scenario, batch_size: int = 1000) -
 
     Class-IL: argmax over every head (a prediction on a head of another experience, or on an
     auxiliary head, is an error). Task-IL: argmax over the heads of the sample's experience only.
-    Dataset labels are mapped through the head manager before comparison.
+    Dataset labels are mapped through the head manager before comparison. Under DDP each rank
+    evaluates every world_size-th sample and the correct counts are summed across ranks.
     """
     was_training = module.training
     module.eval()
@@ -31,20 +33,24 @@ def evaluate_all(module: CLModule, scenario: Scenario, batch_size: int = 1000) -
     task_heads = module.heads.task_mask([exp.classes for exp in scenario]).to(device)
     class_il: list[float] = []
     task_il: list[float] = []
+    sharded = distributed.initialized()
+    rank = torch.distributed.get_rank() if sharded else 0
+    world = torch.distributed.get_world_size() if sharded else 1
     try:
         for j, exp in enumerate(scenario):
-            correct_cil = torch.zeros((), dtype=torch.long, device=device)
-            correct_til = torch.zeros((), dtype=torch.long, device=device)
-            n = len(exp.test.y)
-            for start in range(0, n, batch_size):
-                x = exp.test.x[start : start + batch_size].to(device, non_blocking=True)
-                y = module.heads.map(exp.test.y[start : start + batch_size].to(device))
+            correct = torch.zeros(2, dtype=torch.long, device=device)
+            test_x, test_y = exp.test.x[rank::world], exp.test.y[rank::world]
+            for start in range(0, len(test_y), batch_size):
+                x = test_x[start : start + batch_size].to(device, non_blocking=True)
+                y = module.heads.map(test_y[start : start + batch_size].to(device))
                 logits = module.predict_logits(x)
-                correct_cil += (logits.argmax(1) == y).sum()
+                correct[0] += (logits.argmax(1) == y).sum()
                 masked = logits.masked_fill(~task_heads[j], torch.finfo(logits.dtype).min)
-                correct_til += (masked.argmax(1) == y).sum()
-            class_il.append(100.0 * float(correct_cil) / max(n, 1))
-            task_il.append(100.0 * float(correct_til) / max(n, 1))
+                correct[1] += (masked.argmax(1) == y).sum()
+            correct = distributed.sum_across_ranks(correct).cpu()
+            n = len(exp.test.y)
+            class_il.append(100.0 * float(correct[0]) / max(n, 1))
+            task_il.append(100.0 * float(correct[1]) / max(n, 1))
     finally:
         module.train(was_training)
     return EvalRow(class_il=class_il, task_il=task_il)

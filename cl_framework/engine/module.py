@@ -34,6 +34,7 @@ from torch import nn
 from cl_framework.backbones.taps import Backbone, TapContext, TapModifier
 from cl_framework.buffer import ReplayBuffer
 from cl_framework.engine.checkpoint import load_scheduler_state, scheduler_state
+from cl_framework.engine.distributed import gather_rows
 from cl_framework.engine.heads import HeadManager
 from cl_framework.engine.optim import OptimizerConfig, build_optimizer, build_scheduler
 from cl_framework.engine.plugin import (
@@ -77,6 +78,7 @@ class CLModule(pl.LightningModule):
         log_every_n_steps: int = 50,
         gradient_clip_val: float | None = None,
         check_finite_every_n_steps: int = 1,
+        replicate_buffer: bool = False,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -96,6 +98,7 @@ class CLModule(pl.LightningModule):
         self.uses_buffer = buffer is not None and any(p.uses_buffer for p in plugins)
         self.records_taps = any(p.needs_taps for p in plugins)
         self.check_finite_every_n_steps = check_finite_every_n_steps
+        self.replicate_buffer = replicate_buffer
         self.experience_index = 0
         self.in_experience = False  # before_experience done, evaluation not yet
         self.epoch_in_experience = 0
@@ -198,7 +201,10 @@ class CLModule(pl.LightningModule):
             fields = {"x": x_raw, "y": y, "t": t}
             for plugin in self._hooks["buffer_fields"]:
                 fields.update(plugin.buffer_fields(step, out))
-            self.buffer.add(**{k: v[:n].detach() for k, v in fields.items()})
+            rows = {k: v[:n].detach() for k, v in fields.items()}
+            if self.replicate_buffer:  # DDP: every rank inserts the whole global batch
+                rows = {k: gather_rows(v) for k, v in rows.items()}
+            self.buffer.add(**rows)
         for plugin in self._hooks["after_train_step"]:
             plugin.after_train_step(step, out)
 

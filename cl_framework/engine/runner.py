@@ -36,6 +36,7 @@ from cl_framework.engine.checkpoint import (
     checkpoint_path,
     restore_global_rng,
 )
+from cl_framework.engine.distributed import global_rank, world_size_from_config
 from cl_framework.engine.evaluate import EvalRow, evaluate_all
 from cl_framework.engine.module import CLModule
 from cl_framework.errors import CheckpointError, NonFiniteLossError, RunInterrupted
@@ -54,6 +55,8 @@ class TrainerConfig:
     eval_batch_size: int = 1000
     accelerator: str = "auto"
     devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
     precision: str = "32-true"
     deterministic: bool = False
     log_every_n_steps: int = 50
@@ -117,6 +120,10 @@ class ContinualRunner:
         self.output_dir = output_dir
         self.config = config or {}
         self.device = resolve_device(trainer.accelerator)
+        self.world_size = world_size_from_config(
+            trainer.strategy, trainer.devices, trainer.num_nodes
+        )
+        self.rank = global_rank(trainer.devices) if self.world_size > 1 else 0
         n = scenario.n_experiences
         self.progress = _Progress(class_il=np.zeros((n, n)), task_il=np.zeros((n, n)))
         self._resume_mid_experience = False
@@ -131,6 +138,8 @@ class ContinualRunner:
         return pl.Trainer(
             accelerator="gpu" if self.device.type == "cuda" else "cpu",
             devices=cfg.devices,
+            num_nodes=cfg.num_nodes,
+            strategy=cfg.strategy,
             precision=cfg.precision,
             max_epochs=1,
             deterministic=cfg.deterministic,
@@ -165,6 +174,8 @@ class ContinualRunner:
             max_batches=max_batches
             if max_batches is not None
             else self.trainer_cfg.limit_train_batches,
+            rank=self.rank,
+            world_size=self.world_size,
         )
 
     def fit(
@@ -359,7 +370,7 @@ class ContinualRunner:
 
     def write_partial_results(self, reason: str) -> Path | None:
         """``partial_metrics.json``: the rows of the matrices finished so far."""
-        if self.output_dir is None:
+        if self.output_dir is None or self.rank != 0:
             return None
         done = self.progress.completed
         payload = {
@@ -402,7 +413,8 @@ class ContinualRunner:
         }
 
     def save_checkpoint(self) -> Path | None:
-        if self.output_dir is None:
+        """Rank 0 writes (replicated state); other ranks return None."""
+        if self.output_dir is None or self.rank != 0:
             return None
         return atomic_save(self.checkpoint_payload(), checkpoint_path(self.output_dir))
 

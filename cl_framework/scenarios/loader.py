@@ -36,6 +36,8 @@ class TensorBatchLoader:
         skip_batches: int = 0,
         max_batches: int | None = None,
         drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -47,12 +49,19 @@ class TensorBatchLoader:
         self.shuffle = shuffle
         self.skip_batches = skip_batches
         self.max_batches = max_batches
-        self.drop_last = drop_last
+        self.drop_last = drop_last or world_size > 1  # ranks need equal batches
+        self.rank = rank
+        self.world_size = world_size
 
     def total_batches(self) -> int:
-        """Batches in a whole epoch (before skipping, after the cap)."""
+        """Batches in a whole epoch (before skipping, after the cap).
+
+        Under DDP one step consumes a global batch of ``batch_size * world_size`` rows of the
+        same shuffle, and this rank takes its slice; the ragged last global batch is dropped.
+        """
         n = len(self.y)
-        total = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        step = self.batch_size * self.world_size
+        total = n // step if self.drop_last else -(-n // step)
         return total if self.max_batches is None else min(total, self.max_batches)
 
     def __len__(self) -> int:
@@ -64,6 +73,8 @@ class TensorBatchLoader:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
         else:
             order = torch.arange(n)
+        step = self.batch_size * self.world_size
         for b in range(self.skip_batches, self.total_batches()):
-            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            start = b * step + self.rank * self.batch_size
+            idx = order[start : start + self.batch_size]
             yield {"x": self.x[idx], "y": self.y[idx], "t": self.t[idx]}
