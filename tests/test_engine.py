@@ -186,3 +186,25 @@ def test_max_train_per_class_subsets_training_data_only(make_config, tmp_path):
         # the kept rows are real rows of the full training split
         full_rows = {bytes(r.numpy()) for r in a.train.x}
         assert all(bytes(r.numpy()) in full_rows for r in b.train.x)
+
+
+def test_clone_is_independent_and_rebinds_plugins(make_config, tmp_path):
+    runner = build_runner(make_config("experiment=seq-digits/derpp", "trainer.epochs=1"), tmp_path)
+    runner.run()
+    module = runner.module
+    twin = module.clone()
+    plugin, twin_plugin = module.plugins[0], twin.plugins[0]
+    assert twin_plugin.module is twin and twin_plugin.buffer is twin.buffer
+    assert twin.buffer is not module.buffer and twin.heads is not module.heads
+    assert twin_plugin.ctx.scenario is plugin.ctx.scenario  # shared, not copied
+    assert twin_plugin.ctx.runner is runner
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    buffer_before = module.buffer.all()["x"].clone()
+    # train the copy one epoch on the last experience (the WSCL candidate pattern)
+    twin.experience_index = 4
+    runner.fit(runner.scenario[4].train, 4, epochs=1, module=twin)
+    after = module.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert torch.equal(module.buffer.all()["x"], buffer_before)
+    assert not torch.equal(twin.head.weight, module.head.weight)
+    assert twin.buffer.num_seen > module.buffer.num_seen

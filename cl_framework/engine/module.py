@@ -22,6 +22,7 @@ the hot path has no per-step device synchronisation.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -115,6 +116,23 @@ class CLModule(pl.LightningModule):
         state = dict(super().__getstate__())
         state["step_hook"] = None
         return state
+
+    def clone(self) -> CLModule:
+        """An independent copy for candidate training (WSCL) or teachers.
+
+        Parameters, optimizers-to-be, head mapping, transform generators, plug-in state and the
+        replay buffer are copied; the copy's plug-ins are bound to the copy (their context
+        points at the copied module, heads and buffer). The scenario and the runner are shared:
+        they are large and not modified by training.
+        """
+        memo: dict[int, Any] = {}
+        for plugin in self.plugins:
+            ctx = plugin._ctx
+            if ctx is not None:
+                memo[id(ctx.scenario)] = ctx.scenario
+                if ctx.runner is not None:
+                    memo[id(ctx.runner)] = ctx.runner
+        return copy.deepcopy(self, memo)
 
     # ---------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor, taps: TapContext | None = None) -> torch.Tensor:
