@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from cl_framework.errors import ConfigError, DataError
-from cl_framework.scenarios.download import DEFAULT_TIMEOUT_S, download_file, md5sum
+from cl_framework.scenarios.download import DEFAULT_TIMEOUT_S, download_file
 from cl_framework.scenarios.sources import DataSource, register_source
 
 SVHN_MIRRORS = ("http://ufldl.stanford.edu/housenumbers/",)
@@ -137,9 +137,7 @@ def _read_mat(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
         raise DataError(str(path), f"'X' must be uint8 (32, 32, 3, N), got {shape}", fix=fix)
     labels = np.asarray(y, dtype=np.int64).reshape(-1)
     if labels.shape[0] != x.shape[3] or labels.min() < 1 or labels.max() > 10:
-        raise DataError(
-            str(path), f"'y' must hold {x.shape[3]} labels in 1..10 ({md5sum(path)})", fix=fix
-        )
+        raise DataError(str(path), f"'y' must hold {x.shape[3]} labels in 1..10", fix=fix)
     images = torch.from_numpy(np.ascontiguousarray(x.transpose(3, 2, 0, 1)))
     return images, torch.from_numpy(labels % 10)
 

@@ -74,14 +74,17 @@ class BatchTransform:
         b, _, h, w = x.shape
         if self.crop_padding > 0:
             p = self.crop_padding
+            c = x.shape[1]
             padded = F.pad(x, (p, p, p, p))
             dy = torch.randint(0, 2 * p + 1, (b,), generator=gen, device=x.device)
             dx = torch.randint(0, 2 * p + 1, (b,), generator=gen, device=x.device)
-            rows = (dy.view(b, 1) + torch.arange(h, device=x.device)).view(b, 1, h, 1)
-            cols = (dx.view(b, 1) + torch.arange(w, device=x.device)).view(b, 1, 1, w)
-            batch_idx = torch.arange(b, device=x.device).view(b, 1, 1, 1)
-            chan_idx = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
-            x = padded[batch_idx, chan_idx, rows, cols]
+            # One gather over the flattened padded image: output pixel (i, j) of sample n reads
+            # padded pixel (dy[n] + i, dx[n] + j), i.e. flat index (dy + i) * (w + 2p) + dx + j.
+            # (Several times faster than 4-way advanced indexing on CPU, identical result.)
+            rows = dy.view(b, 1, 1) + torch.arange(h, device=x.device).view(1, h, 1)
+            cols = dx.view(b, 1, 1) + torch.arange(w, device=x.device).view(1, 1, w)
+            flat = (rows * (w + 2 * p) + cols).view(b, 1, h * w).expand(b, c, h * w)
+            x = padded.reshape(b, c, -1).gather(2, flat).view(b, c, h, w)
         if self.hflip:
             flip = torch.rand(b, generator=gen, device=x.device) < 0.5
             x = torch.where(flip.view(b, 1, 1, 1), x.flip(-1), x)
