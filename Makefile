@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export CLF_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: run test test-slow lint format clean
+.PHONY: run test test-slow lint format clean bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,14 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+# Ours vs a hand-written loop vs Avalanche (DER++-500, Seq-MNIST) + buffer micro-benchmarks +
+# profile; rewrites experiments/bench/RESULTS.md (< 10 min on 2 cores). BENCH_THREADS=1 default.
+bench: $(STAMP)
+	$(BIN)/python -m pip show -q avalanche-lib >/dev/null 2>&1 \
+	  || $(BIN)/python -m pip install --quiet "avalanche-lib>=0.6" \
+	  || echo "avalanche-lib could not be installed: its rows will say so"
+	$(BIN)/python experiments/bench/run.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check cl_framework tests experiments

@@ -1,0 +1,177 @@
+"""Where the per-step time of ``clf-train experiment=seq-mnist/derpp-500`` goes.
+
+Builds the run exactly as ``clf-train`` does (Hydra compose of the same config, then
+``build_runner``), wraps the functions of the hot path with exclusive (self-time) timers, runs
+it, and prints the microseconds per training step spent in each component:
+
+* ``Lightning loop``: everything inside ``Trainer.fit`` outside ``CLModule.training_step``
+  (fetching the batch, ``transfer_batch_to_device``, hook dispatch, loop bookkeeping);
+* ``Lightning wrappers in the step``: ``manual_backward`` / ``LightningOptimizer.step`` /
+  ``optimizers()`` minus the torch work they wrap;
+* ``Trainer construction``: building one ``pl.Trainer`` per fit (amortised per step);
+* the framework's own parts (transform, forward, losses, strategy plug-in, buffer, logging)
+  and torch's (autograd backward, ``SGD.step``, ``zero_grad``).
+
+Instance/class wrappers cost about 1 us per call (about 20 calls per step), so the sum is a
+little above the un-instrumented step time, which is printed alongside. Names that do not exist
+in the engine version under test are skipped, so the script survives refactors.
+
+Usage: ``python experiments/bench/profile_ours.py [--out profile.json] [--limit N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import sys
+import tempfile
+import time
+import warnings
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from bench_common import set_threads
+
+
+class SelfTimer:
+    """Exclusive time per label: a child's time is removed from its parent's."""
+
+    def __init__(self) -> None:
+        self.self_s: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+        self._stack: list[list[Any]] = []  # [label, t0, child_seconds]
+
+    def wrap(self, label: str, fn: Any) -> Any:
+        @functools.wraps(fn)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            frame = [label, time.perf_counter(), 0.0]
+            self._stack.append(frame)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                elapsed = time.perf_counter() - frame[1]
+                self._stack.pop()
+                self.self_s[label] += elapsed - frame[2]
+                self.calls[label] += 1
+                if self._stack:
+                    self._stack[-1][2] += elapsed
+
+        return timed
+
+    def patch(self, owner: Any, name: str, label: str) -> bool:
+        fn = getattr(owner, name, None)
+        if fn is None:
+            return False
+        setattr(owner, name, self.wrap(label, fn))
+        return True
+
+
+def compose(overrides: list[str]) -> Any:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    import cl_framework
+
+    conf = Path(cl_framework.__file__).resolve().parent.parent / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        return hydra_compose("train", overrides=overrides)
+
+
+def profile(overrides: list[str], instrument: bool = True) -> dict[str, Any]:
+    """Run the config; with ``instrument``, return per-step microseconds per component."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.core.optimizer import LightningOptimizer
+
+    from cl_framework.build import build_runner
+
+    logging.getLogger("cl_framework").setLevel(logging.WARNING)
+    for name in ("pytorch_lightning", "lightning", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    cfg = compose(overrides)
+    timer = SelfTimer()
+    fit_clock = {"wall": 0.0, "cpu": 0.0}
+    original_fit = pl.Trainer.fit
+
+    def clocked_fit(*args: Any, **kwargs: Any) -> Any:  # one call per epoch: negligible cost
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            return original_fit(*args, **kwargs)
+        finally:
+            fit_clock["wall"] += time.perf_counter() - wall
+            fit_clock["cpu"] += time.process_time() - cpu
+
+    pl.Trainer.fit = clocked_fit
+    with tempfile.TemporaryDirectory() as out:
+        runner = build_runner(cfg, out)
+        module = runner.module
+        if instrument:
+            timer.patch(pl.Trainer, "fit", "Lightning loop")  # self time = loop overhead
+            timer.patch(runner, "make_trainer", "Trainer construction")
+            timer.patch(module, "training_step", "CLModule.training_step (own code)")
+            timer.patch(module.transform, "train", "transform (uint8->float)")
+            timer.patch(module, "run_forward", "forward (run_forward + taps)")
+            timer.patch(module.backbone, "forward", "forward (torch nn)")
+            timer.patch(module.head, "forward", "forward (torch nn)")
+            timer.patch(module, "classification_loss", "loss: stream CE")
+            for plugin in module.plugins:
+                timer.patch(plugin, "loss_terms", f"strategy {plugin.name}.loss_terms")
+                timer.patch(plugin, "draw", f"strategy {plugin.name}.draw")
+            if module.buffer is not None:
+                timer.patch(module.buffer, "sample", "buffer.sample")
+                timer.patch(module.buffer, "add", "buffer.add")
+            timer.patch(module, "manual_backward", "Lightning wrappers in the step")
+            timer.patch(module, "optimizers", "Lightning wrappers in the step")
+            timer.patch(LightningOptimizer, "step", "Lightning wrappers in the step")
+            timer.patch(torch.Tensor, "backward", "backward (torch autograd)")
+            timer.patch(torch.optim.SGD, "step", "optimizer step (torch SGD)")
+            timer.patch(torch.optim.Optimizer, "zero_grad", "zero_grad (torch)")
+            timer.patch(module, "_record_losses", "loss logging")
+            timer.patch(runner, "_after_step", "runner step hook")
+            timer.patch(runner, "evaluate", "evaluation")
+        start = time.perf_counter()
+        result = runner.run()
+        wall = time.perf_counter() - start
+    steps = int(module.step_count)
+    per_step = {k: 1e6 * v / max(steps, 1) for k, v in timer.self_s.items()}
+    return {
+        "steps": steps,
+        "train_time_s": result.train_time_s,
+        "us_per_step_train": 1e6 * result.train_time_s / max(steps, 1),
+        "wall_s": wall,
+        "fit_wall_s": fit_clock["wall"],
+        "fit_cpu_s": fit_clock["cpu"],
+        "us_per_step_fit_cpu": 1e6 * fit_clock["cpu"] / max(steps, 1),
+        "final_avg_acc": float(result.class_il[-1].mean()),
+        "self_us_per_step": dict(sorted(per_step.items(), key=lambda kv: -kv[1])),
+        "calls": dict(timer.calls),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--limit", type=int, default=None, help="max batches per experience")
+    parser.add_argument("--no-instrument", action="store_true", help="plain timing only")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides")
+    args = parser.parse_args()
+    threads = set_threads()
+    overrides = ["experiment=seq-mnist/derpp-500", "trainer.progress_bar=false"]
+    if args.limit is not None:
+        overrides.append(f"trainer.limit_train_batches={args.limit}")
+    overrides += args.overrides
+    res = profile(overrides, instrument=not args.no_instrument)
+    res["threads"] = threads
+    text = json.dumps(res, indent=1)
+    if args.out:
+        Path(args.out).write_text(text)
+    else:
+        print(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,488 @@
+"""Benchmark harness: ours vs a hand-written loop vs Avalanche on DER++-500 Seq-MNIST.
+
+One command (``make bench``) runs, each in its own process and side by side on the same real
+MNIST tensors, with the same intra-op thread count:
+
+* ``ours``: ``clf-train experiment=seq-mnist/derpp-500`` (reads its ``metrics.json``);
+* ``hand-written``: ``handwritten.py``, the same algorithm as a minimal PyTorch loop;
+* ``avalanche``: ``avalanche.training.DER`` as shipped (``avalanche_der.py``), once with a
+  metric-free evaluator (``lean``) and once with Avalanche's default evaluator;
+
+then the ``ReplayBuffer`` micro-benchmarks (``micro_buffer.py``) and a per-component profile
+of ours (``profile_ours.py``) next to the same breakdown of the hand-written loop, and rewrites
+``experiments/bench/RESULTS.md``. Contenders are interleaved over ``--repeats`` rounds and the
+fastest round of each is reported (other jobs on a shared machine only ever add time).
+
+    .venv/bin/python experiments/bench/run.py [--threads 1] [--repeats 2] [--quick]
+
+Environment: ``CLF_DATA_DIR`` (MNIST IDX files under ``$CLF_DATA_DIR/mnist``), ``BENCH_THREADS``
+(default for ``--threads``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+sys.path.insert(0, str(HERE))
+
+from bench_common import THREADS_ENV, DerppConfig, data_dir  # noqa: E402
+
+CONTENDERS = ("ours", "hand-written", "avalanche-lean", "avalanche-default")
+TARGET_VS_HAND = 1.3
+TARGET_VS_AVALANCHE = 0.5
+
+
+# --------------------------------------------------------------------------- processes
+def run_child(cmd: list[str], env: dict[str, str], log: Path, timeout_s: float) -> dict[str, Any]:
+    """Run ``cmd``; return its exit code, wall seconds, CPU seconds and peak RSS (MiB).
+
+    ``os.wait4`` gives the child's own resource usage (``RUSAGE_CHILDREN`` would mix children).
+    """
+    start = time.perf_counter()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        deadline = start + timeout_s
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() > deadline:
+                proc.kill()
+                pid, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.05)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return {
+        "rc": proc.returncode,
+        "process_wall_s": time.perf_counter() - start,
+        "process_cpu_s": usage.ru_utime + usage.ru_stime,
+        "peak_rss_mib": usage.ru_maxrss / 1024.0,  # Linux: KiB
+    }
+
+
+def child_env(threads: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env[THREADS_ENV] = str(threads)
+    env["OMP_NUM_THREADS"] = str(threads)  # torch's intra-op default for clf-train
+    env["MKL_NUM_THREADS"] = str(threads)
+    env["CLF_DATA_DIR"] = str(data_dir())
+    env["PYTHONWARNINGS"] = "ignore"
+    return env
+
+
+def steps_of_ours(limit: int | None) -> int:
+    from bench_common import load_seq_mnist
+
+    return load_seq_mnist().steps(DerppConfig().batch_size, limit)
+
+
+def run_contender(
+    name: str, work: Path, env: dict[str, str], limit: int | None, round_: int
+) -> dict[str, Any]:
+    py = sys.executable
+    out = work / f"{name}-{round_}.json"
+    log = work / f"{name}-{round_}.log"
+    limit_args = ["--limit", str(limit)] if limit is not None else []
+    if name == "ours":
+        run_dir = work / f"ours-{round_}"
+        cmd = [
+            str(Path(py).parent / "clf-train"),
+            "experiment=seq-mnist/derpp-500",
+            "trainer.progress_bar=false",
+            f"hydra.run.dir={run_dir}",
+        ]
+        if limit is not None:
+            cmd.append(f"trainer.limit_train_batches={limit}")
+    elif name == "hand-written":
+        cmd = [py, str(HERE / "handwritten.py"), "--out", str(out), *limit_args]
+    else:
+        evaluator = name.split("-", 1)[1]
+        cmd = [py, str(HERE / "avalanche_der.py"), "--out", str(out), "--evaluator", evaluator]
+        cmd += limit_args
+    load_before = os.getloadavg()[0]
+    proc = run_child(cmd, env, log, timeout_s=300)
+    result: dict[str, Any] = {"name": name, "load_before": load_before, **proc}
+    if proc["rc"] != 0:
+        result["error"] = log.read_text()[-1500:]
+        return result
+    if name == "ours":
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        steps = STEPS_CACHE.setdefault(limit, steps_of_ours(limit))
+        result.update(
+            final_avg_acc=float(metrics["final_avg_acc"]["class_il"]),
+            acc_matrix=metrics["acc_matrix"]["class_il"],
+            train_time_s=float(metrics["train_time_s"]),
+            wall_time_s=float(metrics["wall_time_s"]),
+            steps=steps,
+        )
+    else:
+        child = json.loads(out.read_text())
+        result.update({k: child[k] for k in ("final_avg_acc", "acc_matrix", "steps")})
+        result.update(train_time_s=child["train_time_s"], wall_time_s=child["wall_time_s"])
+        result["train_cpu_s"] = child.get("train_cpu_s")
+        result["extra"] = child.get("extra", {})
+    result["steps_per_s"] = result["steps"] / result["train_time_s"]
+    return result
+
+
+STEPS_CACHE: dict[int | None, int] = {}
+
+
+# --------------------------------------------------------------------------- machine
+def machine_info(threads: int) -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for dist in ("torch", "pytorch-lightning", "hydra-core", "avalanche-lib", "numpy"):
+        try:
+            from importlib import metadata
+
+            versions[dist] = metadata.version(dist)
+        except Exception:
+            versions[dist] = "not installed"
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_gib, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+        "threads": threads,
+    }
+
+
+def torch_import_rss(env: dict[str, str], work: Path) -> float:
+    """Peak RSS of a process that only imports torch: the floor under every contender."""
+    proc = run_child([sys.executable, "-c", "import torch"], env, work / "rss.log", 120)
+    return proc["peak_rss_mib"]
+
+
+# --------------------------------------------------------------------------- report
+def fmt(x: float | None, digits: int = 1) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def best_of(rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
+    ok = [r for r in rounds if r.get("rc") == 0]
+    return min(ok, key=lambda r: r["train_time_s"]) if ok else None
+
+
+def results_table(best: dict[str, dict[str, Any] | None], rounds: dict[str, list]) -> str:
+    lines = [
+        "| contender | train time (s) | all rounds (s) | steps | steps/s | process wall (s) "
+        "| process CPU (s) | peak RSS (MiB) | final class-IL avg acc (%) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in CONTENDERS:
+        r = best.get(name)
+        if r is None:
+            err = next((x.get("error", "") for x in rounds.get(name, [])), "not run")
+            lines.append(f"| {name} | failed: {err.strip().splitlines()[-1:]} |||||||| ")
+            continue
+        all_rounds = ", ".join(fmt(x["train_time_s"], 2) for x in rounds[name] if x["rc"] == 0)
+        lines.append(
+            f"| {name} | {fmt(r['train_time_s'], 2)} | {all_rounds} | {r['steps']} "
+            f"| {fmt(r['steps_per_s'], 0)} | {fmt(r['process_wall_s'])} "
+            f"| {fmt(r['process_cpu_s'])} | {fmt(r['peak_rss_mib'], 0)} "
+            f"| {fmt(r['final_avg_acc'], 2)} |"
+        )
+    return "\n".join(lines)
+
+
+def ratios_table(best: dict[str, dict[str, Any] | None]) -> str:
+    ours = best.get("ours")
+    lines = [
+        "| ratio (train time) | value | target | met | accuracy gap (points) |",
+        "|---|---|---|---|---|",
+    ]
+    for other, target in (
+        ("hand-written", TARGET_VS_HAND),
+        ("avalanche-lean", TARGET_VS_AVALANCHE),
+        ("avalanche-default", TARGET_VS_AVALANCHE),
+    ):
+        r = best.get(other)
+        if ours is None or r is None:
+            lines.append(f"| ours / {other} | - | <= {target} | - | - |")
+            continue
+        ratio = ours["train_time_s"] / r["train_time_s"]
+        gap = ours["final_avg_acc"] - r["final_avg_acc"]
+        met = "yes" if ratio <= target else "no"
+        lines.append(f"| ours / {other} | {ratio:.2f} | <= {target} | {met} | {gap:+.2f} |")
+    return "\n".join(lines)
+
+
+def matrix_block(best: dict[str, dict[str, Any] | None]) -> str:
+    out = []
+    for name in CONTENDERS:
+        r = best.get(name)
+        if r is None:
+            continue
+        out.append(f"{name}:")
+        for i, row in enumerate(r["acc_matrix"]):
+            out.append(f"  after {i}: " + " ".join(f"{a:6.2f}" for a in row))
+    return "```\n" + "\n".join(out) + "\n```"
+
+
+def micro_table(micro: dict[str, Any] | None) -> str:
+    if not micro:
+        return "(micro-benchmark failed or skipped)"
+    rows = micro["rows"]
+    batches = sorted({r["batch"] for r in rows})
+    caps = sorted({r["capacity"] for r in rows})
+    by = {(r["capacity"], r["batch"]): r for r in rows}
+    head = " | ".join(f"add b={b} | sample b={b}" for b in batches)
+    lines = [f"| capacity | {head} |", "|---" * (1 + 2 * len(batches)) + "|"]
+    for c in caps:
+        cells = " | ".join(
+            f"{by[c, b]['add_us']:.0f} | {by[c, b]['sample_us']:.0f}" for b in batches
+        )
+        lines.append(f"| {c} | {cells} |")
+    growth = " | ".join(
+        f"{by[caps[-1], b]['add_us'] / by[caps[0], b]['add_us']:.2f}x | "
+        f"{by[caps[-1], b]['sample_us'] / by[caps[0], b]['sample_us']:.2f}x"
+        for b in batches
+    )
+    lines.append(f"| cap {caps[-1]} / cap {caps[0]} | {growth} |")
+    rows_s = " | ".join(
+        f"{by[caps[1], b]['add_rows_per_s'] / 1e3:.0f}k | "
+        f"{by[caps[1], b]['sample_rows_per_s'] / 1e3:.0f}k"
+        for b in batches
+    )
+    lines.append(f"| rows/s at cap {caps[1]} | {rows_s} |")
+    return "\n".join(lines)
+
+
+PROFILE_GROUPS: list[tuple[str, tuple[str, ...]]] = [
+    ("Lightning loop (outside training_step)", ("Lightning loop", "Trainer construction")),
+    ("Lightning wrappers in the step", ("Lightning wrappers in the step",)),
+    ("CLModule own code + strategy plug-in", ("CLModule.training_step", "strategy ", "loss log")),
+    ("runner step hook", ("runner step hook",)),
+    ("buffer (add + sample)", ("buffer.",)),
+    ("transform uint8 -> float", ("transform",)),
+    ("forward (nn) + taps + losses", ("forward", "loss: stream CE")),
+    ("backward (autograd) + zero_grad", ("backward (torch", "zero_grad")),
+    ("optimizer step (SGD)", ("optimizer step",)),
+]
+
+HAND_GROUPS: dict[str, tuple[str, ...]] = {
+    "Lightning loop (outside training_step)": (),
+    "Lightning wrappers in the step": (),
+    "CLModule own code + strategy plug-in": (),
+    "runner step hook": (),
+    "buffer (add + sample)": ("buffer",),
+    "transform uint8 -> float": ("data",),
+    "forward (nn) + taps + losses": ("forward+loss",),
+    "backward (autograd) + zero_grad": ("backward",),
+    "optimizer step (SGD)": ("optimizer",),
+}
+
+
+def profile_table(ours: dict[str, Any] | None, hand: dict[str, Any] | None) -> str:
+    if not ours or not hand:
+        return "(profile failed or skipped)"
+    mine = ours["self_us_per_step"]
+    lines = [
+        "| component | ours (us/step) | hand-written (us/step) | difference |",
+        "|---|---|---|---|",
+    ]
+    total_o = total_h = 0.0
+    used: set[str] = set()
+    for group, prefixes in PROFILE_GROUPS:
+        o = 0.0
+        for k, v in mine.items():
+            if k not in used and k.startswith(prefixes):
+                o += v
+                used.add(k)
+        h = sum(v for k, v in hand.items() if k in HAND_GROUPS[group])
+        total_o += o
+        total_h += h
+        lines.append(f"| {group} | {o:.0f} | {h:.0f} | {o - h:+.0f} |")
+    rest = sum(v for k, v in mine.items() if k not in used and k != "evaluation")
+    lines.append(f"| other instrumented | {rest:.0f} | 0 | {rest:+.0f} |")
+    total_o += rest
+    lines.append(f"| **sum** | **{total_o:.0f}** | **{total_h:.0f}** | {total_o - total_h:+.0f} |")
+    lines.append(
+        f"| un-instrumented step (train time / steps) | {ours['us_per_step_train']:.0f} "
+        f"| {hand['step']:.0f} (timed loop) | |"
+    )
+    return "\n".join(lines)
+
+
+def write_results(path: Path, ctx: dict[str, Any]) -> None:
+    m = ctx["machine"]
+    v = m["versions"]
+    cfg = DerppConfig()
+    analysis = (HERE / "analysis.md").read_text() if (HERE / "analysis.md").exists() else ""
+    text = f"""# Benchmark: DER++-500 on Seq-MNIST — ours vs hand-written loop vs Avalanche
+
+Written by `make bench` (`experiments/bench/run.py`) on {ctx["date"]}; the whole harness took
+{ctx["elapsed_s"]:.0f} s{" (--quick: shortened runs, not comparable)" if ctx["quick"] else ""}.
+
+## Machine
+
+- CPU: {m["cpu"]}, {m["cores"]} cores, {m["memory_gib"]} GiB RAM ({m["platform"]})
+- Python {m["python"]}, torch {v["torch"]}, Lightning {v["pytorch-lightning"]},
+  Hydra {v["hydra-core"]}, avalanche-lib {v["avalanche-lib"]}
+- **Threads: {m["threads"]}** intra-op thread(s) for every contender (`BENCH_THREADS` /
+  `--threads`; `OMP_NUM_THREADS` for `clf-train`). On this 2-core machine torch's default of 2
+  threads is slower than 1 for batch-10 MLP ops.
+- Load average (1 min) at start / end: {ctx["load_start"]:.2f} / {ctx["load_end"]:.2f}. The machine
+  is shared: other jobs only add time, so each contender's fastest of {ctx["repeats"]} interleaved
+  round(s) is reported (all rounds are listed).
+- Peak RSS of a process that only does `import torch`: {ctx["torch_rss"]:.0f} MiB (the floor of
+  every row below).
+
+## Protocol
+
+Real MNIST (`$CLF_DATA_DIR/mnist`), 5 experiences x 2 classes in natural order, inputs `x/255`
+in [0, 1], no augmentation; MLP 784-100-100-10 (xavier-uniform weights, zero biases); DER++
+with buffer {cfg.buffer_size}, batch {cfg.batch_size}, replay minibatch {cfg.minibatch_size},
+SGD lr {cfg.lr}, alpha {cfg.alpha}, beta {cfg.beta}, {cfg.epochs} epoch per experience; class-IL
+evaluation on all 5 test sets after each experience. *Train time* is the time spent in training
+only (ours: `train_time_s` of `metrics.json`, i.e. the Lightning fits; the others: their
+training loops), *steps/s* = optimizer steps / train time, *process wall/CPU* and *peak RSS*
+cover the whole child process (imports, data, evaluation; RSS via `os.wait4`), final accuracy
+is the mean of the last row of the class-IL accuracy matrix.
+
+- **ours**: `clf-train experiment=seq-mnist/derpp-500 trainer.progress_bar=false
+  hydra.run.dir=...` (its defaults otherwise: CSV logger, checkpoint at experience ends).
+- **hand-written**: `experiments/bench/handwritten.py`, the same algorithm in ~40 lines of
+  PyTorch (reservoir of raw inputs + logits, two independent draws, insert after the step).
+- **avalanche-lean / -default**: `avalanche.training.DER` as shipped, built with
+  `nc_benchmark` from the same tensors; *lean* = `EvaluationPlugin` with no metrics and no
+  loggers, *default* = Avalanche's default evaluator (accuracy + loss metrics, interactive
+  logger to a log file). Avalanche's DER is **not the same algorithm**: class-balanced buffer
+  updated once per experience with logits recomputed after training, one replay draw shared by
+  the MSE and CE terms, and one joint forward of replay + stream rows (see `avalanche_der.py`).
+
+## Results
+
+{results_table(ctx["best"], ctx["rounds"])}
+
+{ratios_table(ctx["best"])}
+
+Class-IL accuracy matrices (row i = after experience i):
+
+{matrix_block(ctx["best"])}
+
+## ReplayBuffer micro-benchmark (CPU microseconds per call, steady state)
+
+`cl_framework.buffer.ReplayBuffer` (reservoir), filled to capacity first; `add` offers a
+DER++-shaped batch (uint8 1x28x28, label, task id, 10 logits), `sample` draws `b` rows of
+(x, y, logits). O(batch) cost means flat columns; the second-to-last row is the growth factor
+from the smallest to the largest capacity.
+
+{micro_table(ctx["micro"])}
+
+## Where the time per step goes (profile)
+
+Self time per training step of each component, measured by wrapping the hot-path functions of
+ours with exclusive timers (`profile_ours.py`, same config built with `build_runner`; wrappers
+add ~1 us per call) and by timing the phases of the hand-written loop (experience 2, buffer
+full). Lightning-loop time is `Trainer.fit` minus everything inside `training_step`.
+
+{profile_table(ctx["profile_ours"], ctx["profile_hand"])}
+
+{analysis}
+"""
+    path.write_text(text)
+
+
+# --------------------------------------------------------------------------- main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=int(os.environ.get(THREADS_ENV, "1")))
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds per contender")
+    parser.add_argument("--quick", action="store_true", help="100 batches per experience")
+    parser.add_argument("--skip-avalanche", action="store_true")
+    parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
+    parser.add_argument("--keep", default=None, help="keep logs/JSON of the children here")
+    args = parser.parse_args()
+
+    t0 = time.perf_counter()
+    env = child_env(args.threads)
+    limit = 100 if args.quick else None
+    contenders = [c for c in CONTENDERS if not (args.skip_avalanche and "avalanche" in c)]
+    work_ctx = tempfile.TemporaryDirectory(prefix="clf-bench-")
+    work = Path(args.keep) if args.keep else Path(work_ctx.name)
+    work.mkdir(parents=True, exist_ok=True)
+    ctx: dict[str, Any] = {
+        "machine": machine_info(args.threads),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "load_start": os.getloadavg()[0],
+        "repeats": args.repeats,
+        "quick": args.quick,
+        "torch_rss": torch_import_rss(env, work),
+    }
+    rounds: dict[str, list[dict[str, Any]]] = {c: [] for c in contenders}
+    for r in range(args.repeats):
+        for name in contenders:
+            res = run_contender(name, work, env, limit, r)
+            rounds[name].append(res)
+            status = (
+                f"train {res['train_time_s']:.2f}s acc {res['final_avg_acc']:.2f}"
+                if res["rc"] == 0
+                else f"FAILED (rc {res['rc']}), see {work}"
+            )
+            print(f"[round {r}] {name:18s} {status}", flush=True)
+    ctx["rounds"] = rounds
+    ctx["best"] = {name: best_of(rs) for name, rs in rounds.items()}
+
+    micro_out = work / "micro.json"
+    micro = run_child(
+        [sys.executable, str(HERE / "micro_buffer.py"), "--out", str(micro_out)]
+        + (["--quick"] if args.quick else []),
+        env,
+        work / "micro.log",
+        240,
+    )
+    ctx["micro"] = json.loads(micro_out.read_text()) if micro["rc"] == 0 else None
+    print("micro-benchmark", "done" if ctx["micro"] else "FAILED", flush=True)
+
+    ctx["profile_ours"] = ctx["profile_hand"] = None
+    if not args.no_profile:
+        prof_out = work / "profile_ours.json"
+        cmd = [sys.executable, str(HERE / "profile_ours.py"), "--out", str(prof_out)]
+        if args.quick:
+            cmd += ["--limit", "100"]
+        if run_child(cmd, env, work / "profile_ours.log", 240)["rc"] == 0:
+            ctx["profile_ours"] = json.loads(prof_out.read_text())
+        hand_out = work / "profile_hand.json"
+        steps = 300 if args.quick else 3000
+        cmd = [sys.executable, str(HERE / "handwritten.py"), "--phases", str(steps)]
+        cmd += ["--out", str(hand_out)]
+        if run_child(cmd, env, work / "profile_hand.log", 240)["rc"] == 0:
+            ctx["profile_hand"] = json.loads(hand_out.read_text())
+        print("profiles", "done" if ctx["profile_ours"] and ctx["profile_hand"] else "FAILED")
+
+    ctx["load_end"] = os.getloadavg()[0]
+    ctx["elapsed_s"] = time.perf_counter() - t0
+    out = Path(args.out)
+    write_results(out, ctx)
+    (work / "bench.json").write_text(json.dumps(ctx, indent=1, default=str))
+    print(f"wrote {out} in {ctx['elapsed_s']:.0f} s")
+    print(ratios_table(ctx["best"]))
+    work_ctx.cleanup()
+
+
+if __name__ == "__main__":
+    main()
