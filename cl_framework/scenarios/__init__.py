@@ -3,11 +3,13 @@
 Importing this package registers the built-in sources: ``digits`` (bundled with scikit-learn),
 ``mnist``, ``fashion-mnist``, ``perm-mnist``, ``rot-mnist``, ``cifar10``, ``cifar100``,
 ``cifar100-coarse12``, ``svhn``, ``tinyimagenet``, ``imagenet_subset``, ``imagenet-r``,
-``cub200`` and ``imagefolder``. See ``docs/benchmarks.md`` for layouts and downloads.
+``cub200``, ``imagefolder`` and ``avalanche`` (any Avalanche benchmark, from a factory).
+See ``docs/benchmarks.md`` for layouts and downloads.
 """
 
 # The source modules are imported for their side effect: each registers its sources.
 from cl_framework.scenarios import (  # noqa: F401
+    avalanche_adapter,
     cifar,
     cub,
     digits,

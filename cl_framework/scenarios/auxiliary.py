@@ -53,6 +53,7 @@ def load_auxiliary(
     *,
     resize_to: tuple[int, int] | None = None,
     channels: int | None = None,
+    key: str = "auxiliary.name",
     **options: Any,
 ) -> DataSource:
     """An auxiliary dataset as a DataSource.
@@ -62,7 +63,8 @@ def load_auxiliary(
     (they override the preset's), including the generic ``classes`` / ``exclude_classes``.
     ``resize_to`` = (H, W) and ``channels`` (1 or 3) bring the images to the benchmark's input
     shape, e.g. SVHN for Seq-MNIST: ``resize_to=(28, 28), channels=1``; sources that decode
-    files take ``size`` themselves, which is cheaper than resizing afterwards.
+    files take ``size`` themselves, which is cheaper than resizing afterwards. ``key`` is the
+    config key named by the error for an unknown ``name`` (the calling strategy's option).
     """
     if name in AUXILIARY_PRESETS:
         source_name, preset = AUXILIARY_PRESETS[name]
@@ -71,7 +73,7 @@ def load_auxiliary(
         source_name = name
     else:
         raise ConfigError(
-            "auxiliary.name",
+            key,
             f"unknown auxiliary dataset '{name}'",
             fix="use a preset ("
             + ", ".join(AUXILIARY_PRESETS)

@@ -153,7 +153,7 @@ def decode_images(
     else:
         with ThreadPoolExecutor(max_workers=n_workers) as pool:
             # list() re-raises the first worker exception here
-            list(pool.map(load, range(len(paths)), chunksize=64))
+            list(pool.map(load, range(len(paths))))
     return out
 
 

@@ -145,7 +145,11 @@ def build_scenario(
             val_seed=val_seed,
         )
     n_classes = source.n_classes
-    sizes = _experience_sizes(n_classes, n_experiences, classes_per_experience)
+    if source.experience_sizes is not None:
+        sizes = _own_split_sizes(source, n_experiences, classes_per_experience, class_order,
+                                 class_order_seed)  # fmt: skip
+    else:
+        sizes = _experience_sizes(n_classes, n_experiences, classes_per_experience)
     order = _class_order(n_classes, class_order, class_order_seed)
     _check_val_fraction(val_fraction)
 
@@ -362,6 +366,34 @@ def _experience_sizes(
             fix="set only one of scenario.n_experiences and scenario.classes_per_experience",
         )
     return sizes
+
+
+def _own_split_sizes(
+    source: DataSource,
+    n_experiences: int | None,
+    classes_per_experience: int | Sequence[int] | None,
+    class_order: Sequence[int] | None,
+    class_order_seed: int | None,
+) -> list[int]:
+    """The split of a source that brings its own (Avalanche); a restated split must agree."""
+    own = list(source.experience_sizes or ())
+    if class_order is not None or class_order_seed is not None:
+        raise ConfigError(
+            "scenario.class_order",
+            f"source '{source.name}' comes with its own experiences and class order",
+            fix="set scenario.class_order=null and scenario.class_order_seed=null",
+        )
+    if n_experiences is None and classes_per_experience is None:
+        return own
+    sizes = _experience_sizes(source.n_classes, n_experiences, classes_per_experience)
+    if sizes != own:
+        raise ConfigError(
+            "scenario.n_experiences",
+            f"source '{source.name}' has experiences of {own} classes, the config asks for {sizes}",
+            fix="set scenario.n_experiences=null and scenario.classes_per_experience=null to "
+            "use the source's own split",
+        )
+    return own
 
 
 def _class_order(n_classes: int, class_order: Sequence[int] | None, seed: int | None) -> list[int]:

@@ -35,6 +35,9 @@ class DataSource:
 
     ``domain_shift`` is set by domain-IL sources (``perm-mnist``, ``rot-mnist``): the images are
     the base domain and the shift produces domain k's images (see ``setting: domain-il``).
+    ``experience_sizes`` is set by sources that come with their own split into experiences
+    (an Avalanche benchmark): classes 0..n-1 are already in experience order, and experience k
+    holds the next ``experience_sizes[k]`` classes.
     """
 
     name: str
@@ -46,6 +49,7 @@ class DataSource:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     domain_shift: DomainShift | None = field(default=None, repr=False)
+    experience_sizes: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         # Checked once here so every scenario can rely on these invariants.
@@ -74,6 +78,8 @@ class DataSource:
             raise ValueError(f"source '{self.name}': mean/std need one value per channel")
         if len(set(self.class_names)) != len(self.class_names):
             raise ValueError(f"source '{self.name}': class names must be unique")
+        if self.experience_sizes is not None and sum(self.experience_sizes) != self.n_classes:
+            raise ValueError(f"source '{self.name}': experience_sizes must sum to n_classes")
 
     @property
     def n_classes(self) -> int:
@@ -185,7 +191,8 @@ def select_classes(
         keep = (y >= 0).nonzero().squeeze(1)
         splits[f"{split}_x"] = getattr(source, f"{split}_x")[keep]
         splits[f"{split}_y"] = y[keep]
-    return replace(source, class_names=tuple(source.class_names[c] for c in selected), **splits)
+    names = tuple(source.class_names[c] for c in selected)
+    return replace(source, class_names=names, experience_sizes=None, **splits)
 
 
 def _parse_selection(class_names: Sequence[str], spec: Any, key: str) -> list[int]:
