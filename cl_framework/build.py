@@ -95,6 +95,8 @@ def build_runner(cfg: Mapping[str, Any], output_dir: Path | str) -> ContinualRun
             "set buffer.size to a positive number of samples, e.g. buffer.size=200",
         )
     scenario = build_scenario_from_config(rc)
+    if rc.trainer.num_threads:
+        torch.set_num_threads(rc.trainer.num_threads)
     pl.seed_everything(rc.seed, workers=True, verbose=False)
     backbone = build_backbone(rc.backbone, scenario.input_shape)
     tap_users = [p.name for p in plugins if p.needs_taps]

@@ -66,6 +66,7 @@ class TrainerConfig:
     checkpoint: bool = True
     checkpoint_every_n_steps: int | None = None
     check_finite_every_n_steps: int = 1
+    num_threads: int | None = None
 
 
 @dataclass
