@@ -338,3 +338,34 @@ def test_mapping_restored_from_checkpoint_and_resume_is_exact(
     final = load_checkpoint(broken)["training"]["heads"]
     assert torch.equal(final["label_to_head"], reference.module.heads.label_to_head)
     assert json.loads((broken / "metrics.json").read_text())["fwt"] == resumed["fwt"]
+
+
+@pytest.mark.parametrize("base", ["er", "er_ace"])
+def test_composes_with_er_and_er_ace_without_storing_auxiliary_rows(base, tmp_path, real_data_dir):
+    cfg = compose_config(
+        [
+            "scenario=seq-mnist",
+            f"strategy=[{base},auxiliary]",
+            "strategy.auxiliary.dataset=fashion-mnist",
+            "strategy.auxiliary.aux_batch_size=7",
+            f"paths.data_dir={real_data_dir}",
+            "trainer.limit_train_batches=3",
+            "trainer.epochs=1",
+            "trainer.batch_size=10",
+            "buffer.size=20",
+        ]
+    )
+    runner = build_runner(cfg, tmp_path)
+    seen_rows: list[int] = []
+    plugin = runner.module.plugins[1]
+    prepare = plugin.prepare_batch
+
+    def recording_prepare(batch: Batch) -> Batch:
+        out = prepare(batch)
+        seen_rows.append(len(out.y) - len(batch.y))
+        return out
+
+    plugin.prepare_batch = recording_prepare
+    runner.run()
+    assert seen_rows[:3] == [7, 7, 7] and seen_rows[-1] == 0  # no free head left at the end
+    assert runner.module.buffer.num_seen == runner.module.step_count * 10
