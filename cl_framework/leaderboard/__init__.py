@@ -1,0 +1,1 @@
+"""Leaderboard reproduction of published numbers and validation-based sweeps."""
