@@ -159,7 +159,7 @@ def validate_run_config(cfg: Mapping[str, Any] | DictConfig) -> RunConfig:
     optimizer = validate_node(plain.get("optimizer"), OptimizerConfig, "optimizer")
     optimizer.validate()
     trainer = validate_node(plain.get("trainer"), TrainerConfig, "trainer")
-    for key in ("epochs", "batch_size", "eval_batch_size", "devices"):
+    for key in ("epochs", "batch_size", "eval_batch_size", "devices", "steps_per_batch"):
         if getattr(trainer, key) <= 0:
             raise ConfigError(f"trainer.{key}", f"must be positive, got {getattr(trainer, key)}")
     paths = validate_node(plain.get("paths"), PathsConfig, "paths")

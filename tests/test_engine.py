@@ -208,3 +208,16 @@ def test_clone_is_independent_and_rebinds_plugins(make_config, tmp_path):
     assert torch.equal(module.buffer.all()["x"], buffer_before)
     assert not torch.equal(twin.head.weight, module.head.weight)
     assert twin.buffer.num_seen > module.buffer.num_seen
+
+
+def test_steps_per_batch_changes_speed_not_results(make_config, tmp_path):
+    def run(k: int):
+        cfg = make_config("experiment=seq-digits/derpp", "trainer.epochs=2",
+                          f"trainer.steps_per_batch={k}")  # fmt: skip
+        runner = build_runner(cfg, tmp_path / str(k))
+        result = runner.run()
+        return result.class_il, runner.module.step_count
+
+    (a, steps_a), (b, steps_b) = run(1), run(16)
+    np.testing.assert_array_equal(a, b)
+    assert steps_a == steps_b == 2 * 5 * 27 + 2  # 27 batches/epoch (one experience has 28)

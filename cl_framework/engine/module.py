@@ -109,6 +109,7 @@ class CLModule(pl.LightningModule):
         self.last_losses: dict[str, float] = {}
         self.step_hook: Callable[[CLModule], None] | None = None
         self._optimizers: list[torch.optim.Optimizer] | None = None
+        self._direct_step = False
         self._schedulers: list[Any] = []
 
     def __getstate__(self) -> dict[str, Any]:
@@ -179,7 +180,16 @@ class CLModule(pl.LightningModule):
             logits = logits.masked_fill(~mask, torch.finfo(logits.dtype).min)
         return F.cross_entropy(logits, batch.y)
 
-    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        """One optimizer step per mini-batch; a list is a chunk of mini-batches (the loader's
+        ``steps_per_batch``), each its own step, so Lightning's per-batch overhead is shared."""
+        if isinstance(batch, list):
+            for sub in batch:
+                total = self._train_one(sub)
+            return total
+        return self._train_one(batch)
+
+    def _train_one(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         x_raw = batch["x"]
         y = self.heads.map(batch["y"])
         t = batch["t"]
@@ -202,10 +212,18 @@ class CLModule(pl.LightningModule):
                 terms={k: float(v.detach()) for k, v in losses.items()},
             )
 
-        optimizers = self._optimizer_list()
-        for opt in optimizers:
-            opt.zero_grad(set_to_none=True)
-        self.manual_backward(total)
+        if self._direct_step:
+            # single device, fp32: Lightning's backward/step wrappers only dispatch hooks that
+            # CLModule does not use; call torch directly (about 100 us less per step on CPU)
+            optimizers = self._optimizers
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            total.backward()
+        else:
+            optimizers = self._optimizer_list()
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            self.manual_backward(total)
         for plugin in self._hooks["before_optimizer_step"]:
             plugin.before_optimizer_step()
         if self.gradient_clip_val is not None:
@@ -232,6 +250,19 @@ class CLModule(pl.LightningModule):
         if self.step_hook is not None:
             self.step_hook(self)
         return total.detach()
+
+    def on_train_start(self) -> None:
+        from pytorch_lightning.strategies import SingleDeviceStrategy
+
+        trainer = self.trainer
+        self._direct_step = (
+            type(trainer.strategy) is SingleDeviceStrategy
+            and str(trainer.precision) in ("32-true", "32")
+            and self._optimizers is not None
+        )
+
+    def on_train_end(self) -> None:
+        self._direct_step = False
 
     def _record_losses(self, total: torch.Tensor, losses: dict[str, torch.Tensor]) -> None:
         if self.step_count % self.step_log.every_n_steps:

@@ -67,6 +67,7 @@ class TrainerConfig:
     checkpoint_every_n_steps: int | None = None
     check_finite_every_n_steps: int = 1
     num_threads: int | None = None
+    steps_per_batch: int = 16
 
 
 @dataclass
@@ -177,6 +178,7 @@ class ContinualRunner:
             else self.trainer_cfg.limit_train_batches,
             rank=self.rank,
             world_size=self.world_size,
+            steps_per_batch=self.trainer_cfg.steps_per_batch,
         )
 
     def fit(

@@ -38,6 +38,7 @@ class TensorBatchLoader:
         drop_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        steps_per_batch: int = 1,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -52,6 +53,7 @@ class TensorBatchLoader:
         self.drop_last = drop_last or world_size > 1  # ranks need equal batches
         self.rank = rank
         self.world_size = world_size
+        self.steps_per_batch = max(1, steps_per_batch)
 
     def total_batches(self) -> int:
         """Batches in a whole epoch (before skipping, after the cap).
@@ -64,10 +66,29 @@ class TensorBatchLoader:
         total = n // step if self.drop_last else -(-n // step)
         return total if self.max_batches is None else min(total, self.max_batches)
 
-    def __len__(self) -> int:
+    def remaining_batches(self) -> int:
+        """Mini-batches (optimizer steps) this epoch will still yield."""
         return max(0, self.total_batches() - self.skip_batches)
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+    def __len__(self) -> int:
+        """Items Lightning sees: chunks of up to ``steps_per_batch`` mini-batches."""
+        return -(-self.remaining_batches() // self.steps_per_batch)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]]:
+        if self.steps_per_batch == 1:
+            yield from self.batches()
+            return
+        chunk: list[dict[str, torch.Tensor]] = []
+        for batch in self.batches():
+            chunk.append(batch)
+            if len(chunk) == self.steps_per_batch:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+    def batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        """The epoch's mini-batches one by one (after ``skip_batches``)."""
         n = len(self.y)
         if self.shuffle:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))

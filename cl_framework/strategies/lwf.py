@@ -90,7 +90,7 @@ class LwF(StrategyPlugin):
             loader = runner.loader(
                 experience.train, experience.task_label, experience.index, epoch, stream=2
             )
-            for batch in loader:
+            for batch in loader.batches():
                 x = module.transform.train(batch["x"].to(device))
                 y = module.heads.map(batch["y"].to(device))
                 with torch.no_grad():
