@@ -201,7 +201,7 @@ def test_report_writer_renders_tables(tmp_path):
         "acc_matrix": [[99.0, 0.0], [90.0, 90.0]],
     }
     rounds = {
-        name: [dict(fake, train_time_s=t)]
+        name: [dict(fake, train_time_s=t, train_cpu_s=t)]
         for name, t in zip(bench_run.CONTENDERS, (2.0, 1.6, 1.0, 4.0, 5.0), strict=True)
     }
     ctx = {
@@ -222,6 +222,6 @@ def test_report_writer_renders_tables(tmp_path):
     out = tmp_path / "RESULTS.md"
     bench_run.write_results(out, ctx)
     text = out.read_text()
-    assert "| ours / hand-written | 1.25 | <= 1.3 | yes | +0.00 |" in text
-    assert "| ours / avalanche-lean | 0.50 | <= 0.5 | yes |" in text
+    assert "| ours / hand-written | 1.25 | 1.25 | <= 1.3 | yes / yes | +0.00 |" in text
+    assert "| ours / avalanche-lean | 0.50 | 0.50 | <= 0.5 | yes / yes |" in text
     assert "CPU:" in text and "Threads: 1" in text
