@@ -18,6 +18,7 @@ from cl_framework.scenarios import (  # noqa: F401
     imagenet,
     imagenet_r,
     mnist,
+    resized,
     svhn,
     tinyimagenet,
 )
