@@ -324,7 +324,7 @@ class CLModule(pl.LightningModule):
     def training_state(self) -> dict[str, Any]:
         """Everything needed to continue training exactly (tensors / primitives only)."""
         return {
-            "model": {k: v.detach().cpu() for k, v in self.state_dict().items()},
+            "model": {k: v.detach().to("cpu", copy=True) for k, v in self.state_dict().items()},
             "heads": self.heads.state_dict(),
             "buffer": self.buffer.state_dict() if self.buffer is not None else None,
             "transform": self.transform.state_dict(),
