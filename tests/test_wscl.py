@@ -110,11 +110,16 @@ def _wscl(module) -> WSCL:
 def test_candidates_leave_model_and_buffer_untouched_and_planted_loss_is_adopted(
     tmp_path, real_data_dir, monkeypatch
 ):
-    runner = _tiny(tmp_path, real_data_dir)
+    runner = _tiny(tmp_path, real_data_dir, "strategy.wscl.max_candidates=3")
     module, scenario = runner.module, runner.scenario
     plugin = _wscl(module)
     module.call_plugins("assign_heads", scenario[0])
-    runner._run_experience(0)
+    plugin.before_experience(scenario[0])
+    split = module.fold_plugins("train_data", scenario[0].train, scenario[0])
+    assert len(split) == 2 * (30 - 10)  # 20 held out per class at the first experience
+    runner._train_experience(0, split, 0)
+    plugin.frozen_depth = 1  # as if depth 1 had been adopted before: candidates go on from it
+    apply_freezing(module.backbone, 1)
     assert plugin.freeze_x is not None and len(plugin.freeze_x) == 10
     module.experience_index = 1
     before = {k: v.clone() for k, v in module.state_dict().items()}
@@ -129,20 +134,26 @@ def test_candidates_leave_model_and_buffer_untouched_and_planted_loss_is_adopted
         assert candidate.buffer.num_seen > module.buffer.num_seen
         depth = _wscl(candidate).frozen_depth
         seen[depth] = {k: v.clone() for k, v in candidate.state_dict().items()}
-        return {0: 0.9, 1: 0.8, 2: 0.7, 3: 0.1, 4: 0.5, 5: 0.6, 6: 0.95}[depth]
+        return {1: 0.9, 2: 0.1, 3: 0.5}[depth]
 
     monkeypatch.setattr(plugin, "score", fake_score)
     plugin.before_experience(scenario[1])
-    assert sorted(seen) == list(range(7))
-    assert plugin.frozen_depth == 3 and plugin.last_selection["chosen"] == 3
+    assert sorted(seen) == [1, 2, 3]
+    assert plugin.frozen_depth == 2 and plugin.last_selection["chosen"] == 2
     adopted = module.state_dict()
-    assert all(torch.equal(adopted[k], seen[3][k]) for k in seen[3])
+    assert all(torch.equal(adopted[k], seen[2][k]) for k in seen[2])
     assert module.buffer.num_seen > buffer_before["num_seen"]  # the candidate's buffer
-    assert _trainable_units(module.backbone) == {"layer2.1", "layer3.0", "layer3.1", "layer4"}
+    assert _trainable_units(module.backbone) == {
+        "layer2.0",
+        "layer2.1",
+        "layer3.0",
+        "layer3.1",
+        "layer4",
+    }
     # the trial epoch counts as epoch 0: the main training continues with epoch 1
     assert module.epoch_in_experience == 1 and runner._resume_mid_experience
     state = plugin.plugin_state()
-    assert state["frozen_depth"] == 3
+    assert state["frozen_depth"] == 2
 
 
 def test_stm_to_ltm_consolidation(tmp_path, real_data_dir):
@@ -161,7 +172,7 @@ def test_stm_to_ltm_consolidation(tmp_path, real_data_dir):
     assert sorted(map(bytes, stored.numpy())) == sorted(map(bytes, stm_x.numpy()))
 
 
-def test_paper_mode_restores_ltm_and_consolidates(tmp_path, real_data_dir):
+def test_paper_mode_sleep_restores_ltm_then_consolidates_stm(tmp_path, real_data_dir):
     runner = _tiny(
         tmp_path,
         real_data_dir,
@@ -169,14 +180,22 @@ def test_paper_mode_restores_ltm_and_consolidates(tmp_path, real_data_dir):
         "strategy.wscl.stm_size=15",
         "strategy.wscl.plasticity_fraction=0.05",
         "strategy.wscl.plasticity_strength=0.1",
-        "scenario.n_experiences=2",
-        "scenario.classes_per_experience=5",
     )
-    result = runner.run()
-    buffer = runner.module.buffer
-    # LTM only receives consolidated STMs: 15 per experience
-    assert buffer.num_seen == 30 and len(buffer) == 30
-    assert result.class_il.shape == (2, 2)
+    module, scenario = runner.module, runner.scenario
+    plugin = _wscl(module)
+    module.call_plugins("assign_heads", scenario[0])
+    plugin.before_experience(scenario[0])  # snapshot of the (empty) LTM
+    train = scenario[0].train
+    x, y = train.x[:20], module.heads.map(train.y[:20])
+    t = torch.zeros(20, dtype=torch.long)
+    module.buffer.add(x=x, y=y, t=t)  # what the engine offers to the buffer during wake
+    plugin.stm_add(x=x, y=y, t=t)
+    weights = {k: v.clone() for k, v in module.backbone.state_dict().items()}
+    plugin.after_experience(scenario[0])
+    # LTM = its pre-wake state + the consolidated STM (15 rows), STM emptied
+    assert module.buffer.num_seen == 15 and len(module.buffer) == 15 and not plugin.stm
+    after = module.backbone.state_dict()
+    assert any(not torch.equal(weights[k], after[k]) for k in weights)  # NREM trained
 
 
 @pytest.mark.parametrize("name", ["erace-wscl-500", "erace-wscl-paper-500"])

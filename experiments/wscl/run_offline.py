@@ -1,0 +1,83 @@
+"""Offline WSCL experiment (issue 9), scaled down to a few CPU-minutes.
+
+ER-ACE vs ER-ACE + WSCL (code-faithful) vs ER-ACE + WSCL (paper mode) on Seq-Fashion-MNIST 32 px
+(reduced ResNet-18, buffer 500, MNIST as the dreaming set), seeds 0..2. Scale (CPU, shared
+cores): ``max_train_per_class`` / ``max_test_per_class`` per-class subsets, one epoch, held-out
+slices scaled with the data, at most ``--max-candidates`` freezing candidates, dream rows per
+step = stream rows (``aux_ratio=1``). Writes ``results.json`` and ``RESULTS.md`` here.
+
+    OMP_NUM_THREADS=1 CLF_DATA_DIR=../shared/data .venv/bin/python experiments/wscl/run_offline.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cl_framework.build import build_runner
+from tests.conftest import compose_config
+
+HERE = Path(__file__).resolve().parent
+METHODS = {
+    "ER-ACE": "erace-500",
+    "ER-ACE + WSCL (code)": "erace-wscl-500",
+    "ER-ACE + WSCL (paper)": "erace-wscl-paper-500",
+}
+
+
+def metrics(acc: np.ndarray, rand: np.ndarray) -> dict[str, float]:
+    T = acc.shape[0]
+    faa = float(acc[-1].mean())
+    forg = float(np.mean([acc[j : T - 1, j].max() - acc[-1, j] for j in range(T - 1)]))
+    fwt = float(np.mean([acc[j - 1, j] - rand[j] for j in range(1, T)]))
+    return {"faa": faa, "forgetting": forg, "fwt": fwt}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--train-per-class", type=int, default=100)
+    ap.add_argument("--test-per-class", type=int, default=100)
+    ap.add_argument("--max-candidates", type=int, default=3)
+    args = ap.parse_args()
+    data = os.environ.get("CLF_DATA_DIR", str(HERE.parents[2] / "shared" / "data"))
+    out = HERE / "results.json"
+    results = json.loads(out.read_text()) if out.exists() else {}
+    for seed in args.seeds:
+        for label, exp in METHODS.items():
+            key = f"{label}|{seed}"
+            if key in results:
+                continue
+            over = [
+                f"experiment=seq-fashion-mnist/{exp}",
+                f"paths.data_dir={data}",
+                f"seed={seed}",
+                f"scenario.source_options.max_train_per_class={args.train_per_class}",
+                f"scenario.source_options.max_test_per_class={args.test_per_class}",
+                "trainer.num_threads=1",
+            ]
+            if "wscl" in exp:
+                over += [
+                    # the reference's 1000 + 200 of 12000 images per experience, scaled
+                    f"strategy.wscl.val_size={max(20, 2 * args.train_per_class // 10)}",
+                    f"strategy.wscl.freeze_buffer_size={max(10, 2 * args.train_per_class // 25)}",
+                    f"strategy.wscl.max_candidates={args.max_candidates}",
+                    "strategy.wscl.aux_ratio=1.0",
+                ]
+            start = time.perf_counter()
+            runner = build_runner(compose_config(over), HERE / "runs" / exp / str(seed))
+            res = runner.run()
+            wall = time.perf_counter() - start
+            m = metrics(res.class_il, np.asarray(res.random_init.class_il))
+            results[key] = {**m, "wall_s": wall}
+            out.write_text(json.dumps(results, indent=1))
+            print(key, results[key], flush=True)
+
+
+if __name__ == "__main__":
+    main()
