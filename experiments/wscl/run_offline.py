@@ -38,16 +38,66 @@ def metrics(acc: np.ndarray, rand: np.ndarray) -> dict[str, float]:
     return {"faa": faa, "forgetting": forg, "fwt": fwt}
 
 
+def write_report(results: dict[str, dict[str, float]], scale: str) -> None:
+    rows = [
+        "# WSCL offline experiment (scaled down, CPU)",
+        "",
+        scale,
+        "",
+        "| method | seeds | class-IL FAA | forgetting | FWT | wall time | ratio to ER-ACE |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    base = [v["wall_s"] for k, v in results.items() if k.startswith("ER-ACE|")]
+    for label in METHODS:
+        runs = [v for k, v in results.items() if k.split("|")[0] == label]
+        if not runs:
+            rows.append(f"| {label} | 0 | not run | | | | |")
+            continue
+
+        def ms(key: str, runs: list = runs) -> str:
+            vals = np.array([r[key] for r in runs])
+            return f"{vals.mean():.2f} +- {vals.std():.2f}"
+
+        wall = np.mean([r["wall_s"] for r in runs])
+        ratio = f"{wall / np.mean(base):.2f}x" if base else "n/a"
+        rows.append(
+            f"| {label} | {len(runs)} | {ms('faa')} | {ms('forgetting')} | {ms('fwt')} "
+            f"| {wall:.0f} s | {ratio} |"
+        )
+    rows += [
+        "",
+        "Mean +- std (population) over the seeds listed; accuracies in %. FWT = mean over j >= 1",
+        "of acc[j-1][j] - random-init acc[j] (measured after the head assignment of experience j).",
+        "Raw numbers: `results.json`. Re-run: `python experiments/wscl/run_offline.py` (skips",
+        "finished (method, seed) pairs).",
+    ]
+    (HERE / "RESULTS.md").write_text("\n".join(rows) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--train-per-class", type=int, default=100)
     ap.add_argument("--test-per-class", type=int, default=100)
     ap.add_argument("--max-candidates", type=int, default=3)
+    ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args()
+    scale = (
+        f"Seq-Fashion-MNIST 32 px, reduced ResNet-18, buffer 500, 1 epoch, batch 10, lr 0.03; "
+        f"{args.train_per_class} training and {args.test_per_class} test images per class "
+        f"(seeded subsets); WSCL: held-out val {max(20, 2 * args.train_per_class // 10)} + "
+        f"freezing buffer {max(10, 2 * args.train_per_class // 25)} images per experience (the "
+        f"reference's 1000 + 200 of 12000, scaled), at most {args.max_candidates} freezing "
+        "candidates, MNIST dream rows = stream rows per step (aux_ratio 1); paper mode: STM 500, "
+        "1 NREM epoch, plasticity 5 % / 0.05 on |w*grad|, 1 REM epoch. 2 shared CPU cores, "
+        "OMP_NUM_THREADS=1."
+    )
     data = os.environ.get("CLF_DATA_DIR", str(HERE.parents[2] / "shared" / "data"))
     out = HERE / "results.json"
     results = json.loads(out.read_text()) if out.exists() else {}
+    if args.report_only:
+        write_report(results, scale)
+        return
     for seed in args.seeds:
         for label, exp in METHODS.items():
             key = f"{label}|{seed}"
@@ -77,6 +127,7 @@ def main() -> None:
             results[key] = {**m, "wall_s": wall}
             out.write_text(json.dumps(results, indent=1))
             print(key, results[key], flush=True)
+            write_report(results, scale)
 
 
 if __name__ == "__main__":
