@@ -231,3 +231,16 @@ def test_dream_seq_cifar10_fails_only_at_the_data_step(tmp_path):
     )
     with pytest.raises(DataError, match="cifar-10-batches-py"):
         build_runner(cfg, tmp_path / "run")
+
+
+def test_derpp_base_consolidation_computes_stored_logits(tmp_path, real_data_dir):
+    runner = _tiny(tmp_path, real_data_dir, "strategy=[derpp,wscl]", "strategy.wscl.nrem=true")
+    module = runner.module
+    plugin = _wscl(module)
+    train = runner.scenario[0].train
+    x, y, t = train.x[:4], train.y[:4], torch.zeros(4, dtype=torch.long)
+    module.buffer.add(x=x, y=y, t=t, logits=torch.zeros(4, module.heads.n_heads))
+    plugin.stm_add(x=train.x[4:10], y=train.y[4:10], t=torch.zeros(6, dtype=torch.long))
+    assert plugin.consolidate() == 6
+    logits = module.buffer.all(["logits"])["logits"]
+    assert len(logits) == 10 and bool((logits[4:] != 0).any())
