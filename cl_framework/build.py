@@ -81,6 +81,15 @@ def build_loggers(rc: RunConfig, output_dir: Path, resumed: bool = False) -> lis
     return loggers
 
 
+def finite_check_interval(rc: RunConfig, device: torch.device) -> int:
+    """Steps between loss finiteness checks: every step on CPU (free), every logging interval
+    on accelerators (each check is a host sync), unless configured."""
+    every = rc.trainer.check_finite_every_n_steps
+    if every is not None:
+        return every
+    return 1 if device.type == "cpu" else max(1, rc.trainer.log_every_n_steps)
+
+
 def build_runner(cfg: Mapping[str, Any], output_dir: Path | str) -> ContinualRunner:
     """The runner of a validated config, with every object built and plug-ins set up."""
     output_dir = Path(output_dir)
@@ -149,7 +158,7 @@ def build_runner(cfg: Mapping[str, Any], output_dir: Path | str) -> ContinualRun
         buffer=buffer,
         log_every_n_steps=rc.trainer.log_every_n_steps,
         gradient_clip_val=rc.trainer.gradient_clip_val,
-        check_finite_every_n_steps=rc.trainer.check_finite_every_n_steps,
+        check_finite_every_n_steps=finite_check_interval(rc, device),
         replicate_buffer=world > 1 and not sharded,
     )
     runner = ContinualRunner(

@@ -65,7 +65,7 @@ class TrainerConfig:
     limit_train_batches: int | None = None
     checkpoint: bool = True
     checkpoint_every_n_steps: int | None = None
-    check_finite_every_n_steps: int = 1
+    check_finite_every_n_steps: int | None = None
     num_threads: int | None = None
     steps_per_batch: int = 16
 
