@@ -24,9 +24,7 @@ def subsample_split(split: Split, per_class: int, seed: int) -> Split:
     rank = torch.empty_like(y)
     rank[by_label] = torch.arange(len(y)) - starts
     keep = order[rank < per_class].sort().values
-    return Split(
-        x=split.x[keep], y=split.y[keep], t=None if split.t is None else split.t[keep]
-    )
+    return Split(x=split.x[keep], y=split.y[keep], t=None if split.t is None else split.t[keep])
 
 
 def subsample_scenario(scenario: Scenario, per_class: int, seed: int) -> Scenario:
