@@ -81,6 +81,16 @@ def build_loggers(rc: RunConfig, output_dir: Path, resumed: bool = False) -> lis
     return loggers
 
 
+def apply_memory_and_compile_options(module: CLModule, rc: RunConfig) -> None:
+    """``trainer.channels_last`` (NHWC weights and inputs, faster convolutions on recent GPUs)
+    and ``trainer.compile`` (``torch.compile`` of the backbone; the first steps compile)."""
+    if rc.trainer.channels_last:
+        module.backbone.to(memory_format=torch.channels_last)
+        module.transform.channels_last = True
+    if rc.trainer.compile:
+        module.backbone.forward = torch.compile(module.backbone.forward)
+
+
 def finite_check_interval(rc: RunConfig, device: torch.device) -> int:
     """Steps between loss finiteness checks: every step on CPU (free), every logging interval
     on accelerators (each check is a host sync), unless configured."""
@@ -170,6 +180,7 @@ def build_runner(cfg: Mapping[str, Any], output_dir: Path | str) -> ContinualRun
         output_dir=output_dir,
         config={k: v for k, v in to_plain(cfg).items() if k != "resume"},
     )
+    apply_memory_and_compile_options(module, rc)
     ctx = StrategyContext(
         module=module, scenario=scenario, heads=heads, buffer=buffer, runner=runner
     )

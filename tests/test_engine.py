@@ -221,3 +221,27 @@ def test_steps_per_batch_changes_speed_not_results(make_config, tmp_path):
     (a, steps_a), (b, steps_b) = run(1), run(16)
     np.testing.assert_array_equal(a, b)
     assert steps_a == steps_b == 2 * 5 * 27 + 2  # 27 batches/epoch (one experience has 28)
+
+
+def test_channels_last_and_compile_options_train_to_same_numbers(make_config, tmp_path):
+    """Both are pure speed options: same parameters, same forward values (up to float noise)."""
+    base = ["strategy=[finetune]", "backbone=reduced_resnet18", "trainer.epochs=1",
+            "scenario.n_experiences=1", "trainer.limit_train_batches=3"]  # fmt: skip
+    plain = build_runner(make_config(*base), tmp_path / "a")
+    nhwc = build_runner(make_config(*base, "trainer.channels_last=true"), tmp_path / "b")
+    assert nhwc.module.transform.channels_last
+    conv = next(m for m in nhwc.module.backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    x = plain.scenario[0].test.x[:8]
+    plain.module.eval()
+    nhwc.module.eval()
+    torch.testing.assert_close(
+        plain.module.predict_logits(x), nhwc.module.predict_logits(x), atol=1e-4, rtol=1e-4
+    )
+    compiled = build_runner(make_config(*base, "backbone=mlp", "trainer.compile=true"),
+                            tmp_path / "c")  # fmt: skip
+    eager = build_runner(make_config(*base, "backbone=mlp"), tmp_path / "d")
+    compiled.module.eval()
+    eager.module.eval()
+    torch.testing.assert_close(compiled.module.predict_logits(x), eager.module.predict_logits(x))
+    assert compiled.run().class_il.shape == (1, 1)

@@ -68,6 +68,8 @@ class TrainerConfig:
     check_finite_every_n_steps: int | None = None
     num_threads: int | None = None
     steps_per_batch: int = 16
+    channels_last: bool = False
+    compile: bool = False
 
 
 @dataclass

@@ -35,6 +35,7 @@ class BatchTransform:
         self.seed = seed
         self._generators: dict[str, torch.Generator] = {}
         self._stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.channels_last = False  # emit NHWC-strided batches (trainer.channels_last)
 
     @property
     def augments(self) -> bool:
@@ -61,6 +62,8 @@ class BatchTransform:
                 )
             mean, std = self._stats[key]
             out = (out - mean) / std
+        if self.channels_last and out.dim() == 4:
+            out = out.contiguous(memory_format=torch.channels_last)
         return out
 
     def train(self, x: torch.Tensor) -> torch.Tensor:
