@@ -13,8 +13,8 @@ from cl_framework.engine.distributed import DISTRIBUTED_MODES
 from cl_framework.engine.optim import OptimizerConfig
 from cl_framework.engine.runner import TrainerConfig
 from cl_framework.errors import ConfigError
+from cl_framework.scenarios.scenario import SETTINGS
 
-SETTINGS = ("class-il", "task-il", "domain-il")
 LOGGERS = ("csv", "tensorboard", "wandb")
 BUFFER_DEVICES = ("auto", "cpu", "cuda")
 
