@@ -23,8 +23,9 @@ CLF_TEST_WORKERS ?= 2
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(CLF_TEST_WORKERS) --dist loadfile
 
+# Tests marked `slow` (none at present: the full-length kill-and-resume runs are in `make test`).
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m slow || [ $$? -eq 5 ]
 
 # Ours vs a hand-written loop vs Avalanche (DER++-500, Seq-MNIST) + buffer micro-benchmarks +
 # profile; rewrites experiments/bench/RESULTS.md (< 10 min on 2 cores). BENCH_THREADS=1 default.

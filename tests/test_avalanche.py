@@ -131,7 +131,6 @@ def test_config_path_matches_native_seq_mnist(make_config, tmp_path, data_dir):
         assert abs(ours - theirs) < 1.0, (setting, ours, theirs)
 
 
-@pytest.mark.slow
 def test_full_seq_mnist_protocol_within_one_point(make_config, tmp_path, data_dir):
     """DER paper protocol (1 epoch, batch 10, ER-500): Avalanche vs native within 1 point."""
     common = ("experiment=seq-mnist/er-500", f"paths.data_dir={data_dir}", "seed=1")

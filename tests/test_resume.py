@@ -187,7 +187,6 @@ def test_cli_nan_exit_code_and_message(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.slow
 def test_full_seq_mnist_derpp_500_sigkill_in_experience_3(tmp_path, real_data_dir):
     """The acceptance run: full Seq-MNIST (1200 steps per experience), killed at step 3000."""
     kill_resume_compare(
@@ -197,7 +196,6 @@ def test_full_seq_mnist_derpp_500_sigkill_in_experience_3(tmp_path, real_data_di
     )
 
 
-@pytest.mark.slow
 def test_full_seq_mnist_derpp_500_killed_while_writing(tmp_path, real_data_dir):
     kill_resume_compare(
         tmp_path,
