@@ -45,3 +45,14 @@ def validate_node(node: Any, schema: type[T], prefix: str) -> T:
         raise ConfigError(f"{prefix}.{exc.full_key}", "unknown key") from None
     except OmegaConfBaseException as exc:
         raise ConfigError(prefix, str(exc).splitlines()[0]) from None
+
+
+def check_top_level(plain: Mapping[str, Any], allowed: Mapping[str, str] | tuple[str, ...]) -> int:
+    """Reject unknown top-level keys and return the integer ``seed`` (default 0)."""
+    for key in plain:
+        if key not in allowed:
+            raise ConfigError(key, "unknown top-level key", f"valid keys are: {', '.join(allowed)}")
+    seed = plain.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError("seed", f"must be an integer, got {seed!r}")
+    return seed

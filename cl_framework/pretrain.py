@@ -81,19 +81,12 @@ class PretrainConfig:
 
 def validate_pretrain_config(cfg: Mapping[str, Any] | DictConfig) -> PretrainConfig:
     """Check every key before any data is read; one ConfigError names the first bad key."""
-    from cl_framework.config_schema import validate_node
+    from cl_framework.config_schema import check_top_level, validate_node
     from cl_framework.engine.optim import OptimizerConfig
     from cl_framework.run_config import to_plain
 
     plain = to_plain(cfg)
-    for key in plain:
-        if key not in TOP_LEVEL:
-            raise ConfigError(
-                key, "unknown top-level key", f"valid keys are: {', '.join(TOP_LEVEL)}"
-            )
-    seed = plain.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError("seed", f"must be an integer, got {seed!r}")
+    seed = check_top_level(plain, TOP_LEVEL)
     data = validate_node(plain.get("data"), PretrainDataConfig, "data")
     if data.resize_to is not None and len(data.resize_to) != 2:
         raise ConfigError("data.resize_to", "must be [H, W] or null")

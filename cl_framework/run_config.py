@@ -8,7 +8,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from cl_framework.config_schema import validate_node
+from cl_framework.config_schema import check_top_level, validate_node
 from cl_framework.engine.distributed import DISTRIBUTED_MODES
 from cl_framework.engine.optim import OptimizerConfig
 from cl_framework.engine.runner import TrainerConfig
@@ -126,14 +126,7 @@ def to_plain(cfg: Any) -> Any:
 def validate_run_config(cfg: Mapping[str, Any] | DictConfig) -> RunConfig:
     """Check every section; raise one ConfigError naming the first bad key."""
     plain = to_plain(cfg)
-    for key in plain:
-        if key not in TOP_LEVEL:
-            raise ConfigError(
-                key, "unknown top-level key", f"valid keys are: {', '.join(TOP_LEVEL)}"
-            )
-    seed = plain.get("seed", 0)
-    if not isinstance(seed, int):
-        raise ConfigError("seed", f"must be an integer, got {seed!r}")
+    seed = check_top_level(plain, TOP_LEVEL)
     scenario = validate_node(plain.get("scenario"), ScenarioConfig, "scenario")
     if scenario.setting not in SETTINGS:
         raise ConfigError(
