@@ -185,17 +185,7 @@ def build_scenario(
         )
         start = stop
 
-    return Scenario(
-        name=name,
-        setting=setting,
-        experiences=tuple(experiences),
-        n_classes=n_classes,
-        class_order=tuple(order),
-        class_names=tuple(source.class_names[c] for c in order),
-        input_shape=source.input_shape,
-        mean=source.mean,
-        std=source.std,
-    )
+    return _assemble(source, name, setting, experiences, n_classes, order)
 
 
 def _build_domain_il(
@@ -266,17 +256,7 @@ def _build_domain_il(
                 task_label=k,
             )
         )
-    return Scenario(
-        name=name,
-        setting=setting,
-        experiences=tuple(experiences),
-        n_classes=n_classes,
-        class_order=tuple(order),
-        class_names=tuple(source.class_names[c] for c in order),
-        input_shape=source.input_shape,
-        mean=source.mean,
-        std=source.std,
-    )
+    return _assemble(source, name, setting, experiences, n_classes, order)
 
 
 def _take(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> Split:
@@ -450,3 +430,25 @@ def _stratified_mask(
     mask = torch.zeros(len(labels), dtype=torch.bool)
     mask[grouped] = rank < n_marked[labels[grouped]]
     return mask
+
+
+def _assemble(
+    source: DataSource,
+    name: str,
+    setting: str,
+    experiences: list[Experience],
+    n_classes: int,
+    order: Sequence[int],
+) -> Scenario:
+    """The Scenario of built experiences; class names follow the class order."""
+    return Scenario(
+        name=name,
+        setting=setting,
+        experiences=tuple(experiences),
+        n_classes=n_classes,
+        class_order=tuple(order),
+        class_names=tuple(source.class_names[c] for c in order),
+        input_shape=source.input_shape,
+        mean=source.mean,
+        std=source.std,
+    )
