@@ -11,7 +11,7 @@ export CLF_DATA_DIR ?= $(abspath ../shared/data)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev,sweep,avalanche]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,sweep,avalanche,diffusers]"
 	touch $(STAMP)
 
 run: $(STAMP)
