@@ -175,8 +175,10 @@ def save_grid(images: torch.Tensor, nrow: int, path: Path, labels: list[str] | N
     return path
 
 
-def _judge(source: Any, epochs: int, seed: int, device: torch.device) -> tuple[nn.Module, float]:
-    """A small CNN trained on the real training images: the sample-quality judge."""
+def _judge(
+    source: Any, rows: torch.Tensor, epochs: int, seed: int, device: torch.device
+) -> tuple[nn.Module, float]:
+    """A small CNN trained on the generator's real training images: the sample-quality judge."""
     c = source.input_shape[0]
     torch.manual_seed(seed)
     judge = nn.Sequential(
@@ -191,9 +193,9 @@ def _judge(source: Any, epochs: int, seed: int, device: torch.device) -> tuple[n
     ).to(device)
     opt = torch.optim.Adam(judge.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(seed)
-    n = len(source.train_y)
+    n = len(rows)
     for _ in range(epochs):
-        order = torch.randperm(n, generator=gen)
+        order = rows[torch.randperm(n, generator=gen)]
         for s in range(0, n, 128):
             idx = order[s : s + 128]
             x = source.train_x[idx].to(device).float() / 255
@@ -308,7 +310,7 @@ def pretrain_generator(
     s = pc.sampling
     quality: dict[str, Any] = {}
     if s.eval_per_class > 0 and s.eval_classifier_epochs > 0:
-        judge, real_acc = _judge(source, s.eval_classifier_epochs, pc.seed + 4, device)
+        judge, real_acc = _judge(source, rows, s.eval_classifier_epochs, pc.seed + 4, device)
         with torch.no_grad():
             samples = sample_grid(final, s.eval_per_class, pc.seed + 10_000).to(device)
             pred = judge(samples).argmax(1).cpu()

@@ -42,7 +42,7 @@ from cl_framework.strategies.d2l.oracle import (
 )
 from cl_framework.strategies.d2l.plugin import OWNER
 from cl_framework.train import run as train_run
-from tests.conftest import compose_config
+from tests.conftest import CONF_DIR, compose_config
 
 LIMIT = 15  # training batches per experience in the short real runs
 FAULT = "extra_modules=[tests.fault_injection]"
@@ -406,3 +406,72 @@ def test_bad_d2l_config_fails_before_training(override, key, tmp_path, real_data
         build_runner(cfg, tmp_path / "run")
     assert key in str(info.value)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_image_to_image_starts_from_the_given_images():
+    gen = _tiny_generator().freeze()
+    gen.img2img_strength = 0.5
+    prompt = gen.init_prompt(1, torch.Generator().manual_seed(0)).requires_grad_(True)
+    start = torch.rand(1, 1, 28, 28)
+    images = gen.generate(prompt, 3, seed=0, init_images=start)
+    assert images.shape == (3, 1, 28, 28)
+    assert gen.timesteps(0.5) == gen.timesteps()[-1:]  # 2 steps x 0.5: only the last one
+    (grad,) = torch.autograd.grad(images.mean(), prompt)
+    assert float(grad.abs().sum()) > 0
+    other = gen.generate(prompt.detach(), 3, seed=0, init_images=1 - start)
+    assert not torch.equal(images.detach(), other)  # the start image matters
+
+
+def test_clf_pretrain_generator_writes_a_loadable_frozen_generator(tmp_path, real_data_dir):
+    from hydra import compose, initialize_config_dir
+
+    from cl_framework.pretrain_generator import pretrain_generator
+    from tests.conftest import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            "pretrain_generator",
+            overrides=[
+                "experiment=pretrain/generator-fashion-mnist",
+                f"paths.data_dir={real_data_dir}",
+                f"output={tmp_path}/g.pt",
+                "training.epochs=1",
+                "training.max_train_per_class=32",
+                "training.batch_size=64",
+                "model.base_channels=8",
+                "model.channel_mult=[1,2]",
+                "sampling.steps=2",
+                "sampling.grid_per_class=2",
+                "sampling.eval_per_class=2",
+            ],
+        )
+    summary = pretrain_generator(cfg)
+    assert summary["train_images"] == 320 and summary["source"] == "fashion-mnist"
+    assert (tmp_path / "g.json").exists() and (tmp_path / "g_samples.png").exists()
+    assert 0 <= summary["sample_accuracy"] <= 100
+    payload = torch.load(tmp_path / "g.pt", weights_only=True)
+    assert payload["meta"]["class_names"][0] == "T-shirt/top"
+    gen = load_generator({"backend": "tiny_diffusion", "path": str(tmp_path / "g.pt")})
+    assert gen.image_shape == (1, 28, 28) and gen.n_classes == 10
+    with pytest.raises(ConfigError, match=r"data\.normalize"):
+        from cl_framework.pretrain_generator import validate_generator_config
+
+        validate_generator_config({**cfg, "data": {**cfg.data, "normalize": True}})
+
+
+@pytest.mark.parametrize(
+    "name",
+    sorted(p.stem for p in (CONF_DIR / "experiment" / "d2l-paper").glob("[!_]*.yaml")),
+)
+def test_paper_configs_compose_validate_and_fail_only_at_the_data_step(name, tmp_path):
+    from cl_framework.errors import DataError
+
+    no_download = ["+scenario.source_options.download=false"] if "imagenet-r" in name else []
+    cfg = compose_config(
+        [f"experiment=d2l-paper/{name}", f"paths.data_dir={tmp_path}", *no_download]
+    )
+    rc = validate_run_config(cfg)
+    assert rc.scenario.n_experiences == 10 and rc.backbone["name"] == "resnet18"
+    assert rc.strategy["d2l"]["generator"]["backend"] == "diffusers"
+    with pytest.raises(DataError):
+        build_runner(cfg, tmp_path / "run")

@@ -56,7 +56,7 @@ from cl_framework.strategies.registry import register_strategy
 log = logging.getLogger(__name__)
 
 OWNER = "d2l"
-INITS = ("generator_class", "random")
+INITS = ("generator_class", "seen_class", "random")
 NEXT_HEADS = ("most_activated_dream", "most_activated")
 #: Shuffle stream of the dream rows (apart from the runner's and the auxiliary stream's).
 DREAM_STREAM = 3_000
@@ -180,6 +180,14 @@ class Dream2Learn(StrategyPlugin):
                 f"the {generator.backend} generator has no classes to start prompts from",
                 "use init=random, or give the generator class names",
             )
+        if self.cfg.init == "seen_class" and generator.n_classes != ctx.scenario.n_classes:
+            raise ConfigError(
+                "strategy.d2l.init",
+                f"seen_class needs the generator's classes to be the benchmark's "
+                f"({generator.n_classes} vs {ctx.scenario.n_classes})",
+                "give the diffusers backend the benchmark's class names "
+                "(generator.options.class_names), or use init=generator_class / random",
+            )
         self._holder.generator = generator
         ctx.heads.release()
         log.info("d2l generator: %s", generator.describe())
@@ -300,10 +308,14 @@ class Dream2Learn(StrategyPlugin):
     def _new_dream(self, head: int, experience: int, gen: torch.Generator) -> DreamClass:
         generator = self.generator
         source: int | None = None
-        if self.cfg.init == "generator_class":
+        if self.cfg.init != "random":
+            pool = (
+                range(generator.n_classes)
+                if self.cfg.init == "generator_class"
+                else self.ctx.heads.assigned.nonzero().squeeze(1).tolist()  # seen labels
+            )
             used = {d.source_class for d in self.inventory}
-            choices = [c for c in range(generator.n_classes) if c not in used]
-            choices = choices or list(range(generator.n_classes))
+            choices = [c for c in pool if c not in used] or list(pool)
             source = choices[int(torch.randint(len(choices), (1,), generator=gen))]
         prompt = generator.init_prompt(source, gen).cpu()
         init_images = None
