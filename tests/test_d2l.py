@@ -158,12 +158,16 @@ def test_feature_rule_oracle_decides_by_its_documented_rule():
     oracle = FeatureRuleOracle()
     assert oracle.decide(_stats(), step=3, max_steps=10) == ACCEPT
     assert oracle.decide(_stats(), step=1, max_steps=10) == CONTINUE  # before min_steps
-    assert oracle.decide(_stats(seen_similarity=0.95), 3, 10) == CONTINUE  # not novel
-    assert oracle.decide(_stats(dream_similarity=0.95), 3, 10) == CONTINUE  # duplicate dream
+    assert oracle.decide(_stats(real_prob=0.8), 3, 10) == CONTINUE  # still a seen class
+    assert oracle.decide(_stats(seen_similarity=0.97), 3, 10) == CONTINUE  # not novel
+    assert oracle.decide(_stats(dream_similarity=0.97), 3, 10) == CONTINUE  # duplicate dream
     assert oracle.decide(_stats(compactness=0.3), 3, 10) == CONTINUE  # incoherent
-    assert oracle.decide(_stats(dream_prob=0.2), 3, 10) == CONTINUE  # head not convinced
-    assert oracle.decide(_stats(dream_prob=0.2), 10, 10) == BUDGET
+    assert oracle.decide(_stats(real_prob=0.8), 10, 10) == BUDGET
     assert oracle.decide(_stats(compactness=0.999), 3, 10) == COLLAPSE  # checked first
+    assert oracle.decide(_stats(compactness=0.999), 1, 10) == CONTINUE  # nothing to revert to
+    strict = FeatureRuleOracle(min_dream_prob=0.5)
+    assert strict.decide(_stats(dream_prob=0.2), 3, 10) == CONTINUE
+    assert strict.decide(_stats(dream_prob=0.6), 3, 10) == ACCEPT
 
 
 def test_learned_oracle_fits_saves_loads_and_stops(tmp_path):

@@ -44,7 +44,7 @@ class DreamObjective:
 
     assign: float = 1.0
     real: float = 1.0
-    separation: float = 1.0
+    separation: float = 4.0
     separation_margin: float = 0.5
     drift: float = 0.1
 
@@ -53,7 +53,7 @@ class DreamObjective:
 class PromptSearch:
     """Budget of one prompt optimisation (``strategy.d2l.search``)."""
 
-    lr: float = 0.05
+    lr: float = 0.2
     max_steps: int = 15
     refresh_steps: int = 5
     samples_per_step: int = 16
@@ -85,15 +85,16 @@ def dream_loss(
     prompt: torch.Tensor,
     start: torch.Tensor,
     w: DreamObjective,
+    center: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The weighted objective and its parts (floats, for the trace)."""
+    """The weighted objective and its parts (floats, for the trace); cosines around ``center``."""
     target = torch.full((len(logits),), head, dtype=torch.long, device=logits.device)
     parts = {"assign": F.cross_entropy(logits, target)}
     if len(seen_heads):
         p_real = logits.softmax(1)[:, seen_heads.to(logits.device)].sum(1)
         parts["real"] = -torch.log1p(-p_real.clamp(max=1 - 1e-6)).mean()
     if len(other_prototypes):
-        cos = other_prototypes.to(features) @ prototype(features)
+        cos = other_prototypes.to(features) @ prototype(features, center)
         parts["separation"] = F.relu(cos - w.separation_margin).mean()
     parts["drift"] = (prompt - start.to(prompt)).pow(2).mean()
     weights = {
@@ -121,12 +122,14 @@ def optimise_prompt(
     seed: int,
     out_shape: tuple[int, int, int],
     init_images: torch.Tensor | None = None,
+    center: torch.Tensor | None = None,
 ) -> DreamResult:
     """Adam on the prompt; after every evaluation the oracle decides (see :class:`Oracle`).
 
     Step ``k`` (1-based) draws its own noise (``seed + k``) so the prompt holds over noise
     draws. ``accept`` and ``budget`` keep the evaluated prompt; ``collapse`` keeps the one
     before it. The classifier runs in eval mode; its training mode is restored afterwards.
+    Prototypes (``seen_prototypes``, ``other_prototypes``) must be centred on ``center``.
     """
     device = module.device
     init = init_images.to(device).float() / 255 if init_images is not None else None
@@ -146,7 +149,15 @@ def optimise_prompt(
             )
             logits, features = classify(module, images)
             loss, parts = dream_loss(
-                logits, features, head, seen_heads, other_prototypes, prompt, anchor, objective
+                logits,
+                features,
+                head,
+                seen_heads,
+                other_prototypes,
+                prompt,
+                anchor,
+                objective,
+                center,
             )
             stats = dream_stats(
                 features,
@@ -156,6 +167,7 @@ def optimise_prompt(
                 seen_prototypes,
                 other_prototypes,
                 step / max(max_steps, 1),
+                center,
             )
             decision = oracle.decide(stats, step, max_steps)
             trace.append(

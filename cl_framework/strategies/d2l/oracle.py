@@ -60,8 +60,15 @@ class DreamStats:
         return {k: round(float(v), 5) for k, v in asdict(self).items()}
 
 
-def prototype(features: torch.Tensor) -> torch.Tensor:
-    """Unit-norm mean of unit-norm features (the class direction in feature space)."""
+def prototype(features: torch.Tensor, center: torch.Tensor | None = None) -> torch.Tensor:
+    """Unit-norm mean of unit-norm features (the class direction in feature space).
+
+    ``center``: subtracted from every feature first. Pooled ReLU features are non-negative, so
+    raw cosines between any two classes are high (0.9+ for an MLP on MNIST); measured around
+    the mean feature of the seen data, cosines separate classes (our choice).
+    """
+    if center is not None:
+        features = features - center.to(features)
     return F.normalize(F.normalize(features, dim=1).mean(0), dim=0)
 
 
@@ -73,9 +80,12 @@ def dream_stats(
     seen_prototypes: torch.Tensor,
     other_prototypes: torch.Tensor,
     progress: float,
+    center: torch.Tensor | None = None,
 ) -> DreamStats:
-    """:class:`DreamStats` of a dream batch (no gradient)."""
+    """:class:`DreamStats` of a dream batch (no gradient); cosines around ``center``."""
     with torch.no_grad():
+        if center is not None:
+            features = features - center.to(features)
         proto = prototype(features)
         zn = F.normalize(features, dim=1)
         probs = logits.softmax(1)
@@ -106,26 +116,31 @@ class Oracle:
 class FeatureRuleOracle(Oracle):
     """The default rule. Checked in this order after step ``step`` (1-based):
 
-    1. ``compactness >= collapse_compactness`` -> ``collapse`` (the step's prompt is discarded);
-    2. ``step >= min_steps`` and ``seen_similarity <= max_seen_similarity`` and
-       ``dream_similarity <= max_dream_similarity`` and ``compactness >= min_compactness`` and
-       ``dream_prob >= min_dream_prob`` -> ``accept``;
-    3. ``step >= max_steps`` -> ``budget`` (kept: the best effort within the budget);
+    1. ``step >= 2`` and ``compactness >= collapse_compactness`` -> ``collapse`` (the samples
+       became one image; the step's prompt is discarded, the previous one kept);
+    2. ``step >= min_steps`` and ``real_prob <= max_real_prob`` (the classifier no longer calls
+       the samples a seen class) and ``seen_similarity <= max_seen_similarity`` (novel) and
+       ``dream_similarity <= max_dream_similarity`` (apart from the other dreams) and
+       ``compactness >= min_compactness`` (coherent) and ``dream_prob >= min_dream_prob``
+       -> ``accept``;
+    3. ``step >= max_steps`` -> ``budget`` (the last prompt is kept: the best effort);
     4. otherwise ``continue``.
     """
 
-    max_seen_similarity: float = 0.8
-    max_dream_similarity: float = 0.9
+    max_real_prob: float = 0.5
+    max_seen_similarity: float = 0.95
+    max_dream_similarity: float = 0.95
     min_compactness: float = 0.5
     collapse_compactness: float = 0.995
-    min_dream_prob: float = 0.5
+    min_dream_prob: float = 0.0
     min_steps: int = 2
 
     def decide(self, stats: DreamStats, step: int, max_steps: int) -> str:
-        if stats.compactness >= self.collapse_compactness:
+        if step >= 2 and stats.compactness >= self.collapse_compactness:
             return COLLAPSE
         ok = (
             step >= self.min_steps
+            and stats.real_prob <= self.max_real_prob
             and stats.seen_similarity <= self.max_seen_similarity
             and stats.dream_similarity <= self.max_dream_similarity
             and stats.compactness >= self.min_compactness

@@ -63,6 +63,11 @@ DREAM_STREAM = 3_000
 _DREAM_SALT = 15_485_863
 
 
+def _stack(vectors: list[torch.Tensor]) -> torch.Tensor:
+    """(k, d) stack of prototypes; (0,) when there are none."""
+    return torch.stack(vectors) if vectors else torch.zeros(0)
+
+
 class _GeneratorHolder:
     """Keeps the frozen generator out of the model's module tree (no weights in checkpoints,
     none in any optimizer) and shared, not copied, by ``CLModule.clone``."""
@@ -102,7 +107,7 @@ class Dream2Learn(StrategyPlugin):
         dream_ratio: float = 0.5
         next_heads: str = "most_activated_dream"
         refresh: bool = True
-        prototype_samples: int = 500
+        prototype_samples: int = 64
         save_grid: bool = True
         grid_per_class: int = 8
 
@@ -115,6 +120,7 @@ class Dream2Learn(StrategyPlugin):
         self.episodes: list[dict[str, Any]] = []
         self._pool: _Pool | None = None
         self._perms: dict[tuple[int, int, int], torch.Tensor] = {}
+        self._center: torch.Tensor | None = None
 
     # ------------------------------------------------------------ validation
     @staticmethod
@@ -259,20 +265,13 @@ class Dream2Learn(StrategyPlugin):
         start = time.perf_counter()
         record: dict[str, Any] = {"after_experience": experience.index + 1, "dreams": []}
         heads = self.ctx.heads
-        bound, _ = heads.bindings(OWNER)
-        alive_heads = set(bound.tolist())
-        for dream in list(self.inventory):
-            if dream.head not in alive_heads:
-                self.inventory.retire(
-                    dream.dream_id, "head taken by a real class", experience.index
-                )
-                record.setdefault("retired", []).append(dream.dream_id)
+        alive_heads = {d.head for d in self.inventory}
         seen_heads = heads.label_to_head[heads.assigned]
-        seen_protos = self._seen_prototypes()
+        seen_protos, self._center = self._seen_prototypes()
         protos = self._dream_prototypes()
         if self.cfg.refresh and self.search.refresh_steps > 0:
             for dream in list(self.inventory):
-                others = torch.stack([p for i, p in protos.items() if i != dream.dream_id] or [])
+                others = _stack([p for i, p in protos.items() if i != dream.dream_id])
                 result = self._optimise(dream, seen_heads, seen_protos, others, refresh=True)
                 dream.prompt, dream.refreshed = result.prompt.cpu(), dream.refreshed + 1
                 protos[dream.dream_id] = self._prototype_of(dream)
@@ -284,7 +283,7 @@ class Dream2Learn(StrategyPlugin):
         while len(self.inventory) < self.cfg.dream_classes and free:
             head = free.pop(0)
             dream = self._new_dream(head, experience.index, gen)
-            others = torch.stack(list(protos.values())) if protos else torch.zeros(0)
+            others = _stack(list(protos.values()))
             result = self._optimise(dream, seen_heads, seen_protos, others, refresh=False)
             dream.prompt, dream.steps, dream.stop = result.prompt.cpu(), result.steps, result.stop
             dream.stats = result.stats.as_dict() if result.stats is not None else {}
@@ -359,6 +358,7 @@ class Dream2Learn(StrategyPlugin):
             seed=seed,
             out_shape=self._input_shape,
             init_images=dream.init_images,
+            center=self._center,
         )
 
     @staticmethod
@@ -383,21 +383,26 @@ class Dream2Learn(StrategyPlugin):
         finally:
             module.train(was)
 
-    def _seen_prototypes(self) -> torch.Tensor:
-        """Feature prototypes of the seen real classes, from the replay buffer."""
+    def _seen_prototypes(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Centred feature prototypes of the seen real classes (replay buffer) and the centre:
+        the buffer's mean feature."""
         if self.buffer.is_empty:
-            return torch.zeros(0)
+            return torch.zeros(0), None
         data = self.buffer.all(["x", "y"])
-        x, y = data["x"], data["y"]
+        x, y = data["x"], data["y"].cpu()
         feats = torch.cat(
             [self._features(x[s : s + 500].float() / 255) for s in range(0, len(x), 500)]
-        )
-        return torch.stack([prototype(feats[y == h]) for h in y.unique().tolist()])
+        ).cpu()
+        center = feats.mean(0)
+        protos = [prototype(feats[y == h], center) for h in y.unique().tolist()]
+        return torch.stack(protos), center
 
     def _prototype_of(self, dream: DreamClass) -> torch.Tensor:
-        n = min(self.cfg.prototype_samples, self.search.samples_per_step)
-        images = self.inventory.regenerate(self.generator, dream, n, dream.seed, self._input_shape)
-        return prototype(self._features(images.float() / 255))
+        """Centred prototype of ``prototype_samples`` samples of a dream class."""
+        images = self.inventory.regenerate(
+            self.generator, dream, self.cfg.prototype_samples, dream.seed, self._input_shape
+        )
+        return prototype(self._features(images.float() / 255).cpu(), self._center)
 
     def _dream_prototypes(self) -> dict[int, torch.Tensor]:
         return {d.dream_id: self._prototype_of(d) for d in self.inventory}
