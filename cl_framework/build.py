@@ -6,6 +6,7 @@ fails here, before any training starts.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,9 @@ from cl_framework.engine.module import CLModule
 from cl_framework.engine.plugin import StrategyContext
 from cl_framework.engine.runner import ContinualRunner, resolve_device
 from cl_framework.errors import ConfigError
-from cl_framework.run_config import RunConfig, to_plain, validate_run_config
+from cl_framework.run_config import RunConfig, crops_of, storage_of, to_plain, validate_run_config
 from cl_framework.scenarios import Scenario, build_scenario, load_source
+from cl_framework.scenarios.disk import check_in_memory_strategies, streams_from_disk
 from cl_framework.scenarios.subset import subsample_scenario
 from cl_framework.scenarios.transforms import BatchTransform
 from cl_framework.strategies.registry import build_strategies, import_strategy_modules
@@ -31,7 +33,13 @@ from cl_framework.strategies.registry import build_strategies, import_strategy_m
 
 def build_scenario_from_config(rc: RunConfig) -> Scenario:
     s = rc.scenario
-    source = load_source(s.source, rc.paths.data_dir, **s.source_options)
+    if "storage" in s.source_options:
+        raise ConfigError(
+            "scenario.source_options.storage",
+            "is not a source option",
+            fix="set scenario.storage=memory|disk|auto instead",
+        )
+    source = load_source(s.source, rc.paths.data_dir, storage=storage_of(s), **s.source_options)
     scenario = build_scenario(
         source,
         name=s.name,
@@ -46,6 +54,47 @@ def build_scenario_from_config(rc: RunConfig) -> Scenario:
     if s.max_train_per_class is not None:
         scenario = subsample_scenario(scenario, s.max_train_per_class, seed=rc.seed)
     return scenario
+
+
+def scenario_on_disk(scenario: Scenario) -> bool:
+    """Whether any split of ``scenario`` streams its images from disk (``scenario.storage``)."""
+    splits = [s for e in scenario for s in (e.train, e.val, e.test) if s is not None]
+    return any(streams_from_disk(s.x) for s in splits)
+
+
+def build_transform(rc: RunConfig, scenario: Scenario) -> tuple[BatchTransform, Scenario]:
+    """The batched transform, and the scenario with ``input_shape`` = what the network sees
+    (the crop size when the scenario crops; training and evaluation must agree on it)."""
+    s = rc.scenario
+    rrc, center = crops_of(s)
+    transform = BatchTransform(
+        mean=scenario.mean if s.normalize else None,
+        std=scenario.std if s.normalize else None,
+        crop_padding=s.crop_padding,
+        hflip=s.hflip,
+        seed=rc.seed + 2,
+        random_resized_crop=rrc,
+        center_crop=center,
+    )
+    c, h, w = scenario.input_shape
+    if center is not None and (center[0] > h or center[1] > w):
+        raise ConfigError(
+            "scenario.center_crop",
+            f"{list(center)} is larger than the {h}x{w} images",
+            fix="crop at most the stored size (scenario.source_options.size)",
+        )
+    train_hw = transform.output_size(h, w, train=True)
+    eval_hw = transform.output_size(h, w, train=False)
+    if train_hw != eval_hw:
+        raise ConfigError(
+            "scenario.center_crop",
+            f"training feeds the network {train_hw[0]}x{train_hw[1]} crops "
+            f"(scenario.random_resized_crop) but evaluation the whole {h}x{w} images",
+            fix=f"set scenario.center_crop={list(train_hw)} (evaluation crop)",
+        )
+    if (c, *train_hw) != tuple(scenario.input_shape):
+        scenario = dataclasses.replace(scenario, input_shape=(c, *train_hw))
+    return transform, scenario
 
 
 def build_loggers(rc: RunConfig, output_dir: Path, resumed: bool = False) -> list[Logger]:
@@ -113,7 +162,13 @@ def build_runner(cfg: Mapping[str, Any], output_dir: Path | str) -> ContinualRun
             f"strategy {replay} replays from the buffer but buffer.size is {rc.buffer.size}",
             "set buffer.size to a positive number of samples, e.g. buffer.size=200",
         )
+    in_memory = [p.name for p in plugins if p.needs_in_memory_data]
+    if rc.scenario.storage == "disk":
+        check_in_memory_strategies(in_memory, rc.scenario.source)
     scenario = build_scenario_from_config(rc)
+    if scenario_on_disk(scenario):  # storage=auto chose disk
+        check_in_memory_strategies(in_memory, rc.scenario.source)
+    transform, scenario = build_transform(rc, scenario)
     if rc.trainer.num_threads:
         torch.set_num_threads(rc.trainer.num_threads)
     pl.seed_everything(rc.seed, workers=True, verbose=False)
@@ -150,13 +205,6 @@ def build_runner(cfg: Mapping[str, Any], output_dir: Path | str) -> ContinualRun
             seed=rc.seed + 1 + (rank if sharded else 0),
         )
     s = rc.scenario
-    transform = BatchTransform(
-        mean=scenario.mean if s.normalize else None,
-        std=scenario.std if s.normalize else None,
-        crop_padding=s.crop_padding,
-        hflip=s.hflip,
-        seed=rc.seed + 2,
-    )
     module = CLModule(
         backbone=backbone,
         heads=heads,

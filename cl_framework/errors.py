@@ -25,6 +25,10 @@ class ConfigError(CLFrameworkError, ValueError):
             message += f". Fix: {fix}"
         super().__init__(message)
 
+    def __reduce__(self) -> tuple:
+        # picklable with its fields (raised in DataLoader worker processes)
+        return (type(self), (self.key, self.problem, self.fix))
+
 
 class DataError(CLFrameworkError, FileNotFoundError):
     """A data file is missing, truncated or corrupt."""
@@ -38,6 +42,10 @@ class DataError(CLFrameworkError, FileNotFoundError):
             message += f". Fix: {fix}"
         super().__init__(message)
 
+    def __reduce__(self) -> tuple:
+        # picklable with its fields (raised in DataLoader worker processes)
+        return (type(self), (self.path, self.problem, self.fix))
+
 
 class CheckpointError(CLFrameworkError):
     """A checkpoint file is missing, corrupt, unsafe (pickled objects) or from another run."""
@@ -50,6 +58,10 @@ class CheckpointError(CLFrameworkError):
         if fix:
             message += f". Fix: {fix}"
         super().__init__(message)
+
+    def __reduce__(self) -> tuple:
+        # picklable with its fields (raised in DataLoader worker processes)
+        return (type(self), (self.path, self.problem, self.fix))
 
 
 class NonFiniteLossError(CLFrameworkError):

@@ -13,10 +13,22 @@ from cl_framework.engine.distributed import DISTRIBUTED_MODES
 from cl_framework.engine.optim import OptimizerConfig
 from cl_framework.engine.runner import TrainerConfig
 from cl_framework.errors import ConfigError
+from cl_framework.scenarios.disk import Storage
+from cl_framework.scenarios.images import parse_size
 from cl_framework.scenarios.scenario import SETTINGS
+from cl_framework.scenarios.transforms import RandomResizedCrop
 
 LOGGERS = ("csv", "tensorboard", "wandb")
 BUFFER_DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class RandomResizedCropConfig:
+    """``scenario.random_resized_crop``: torchvision-style random-resized crop for training."""
+
+    size: Any = 224  # output size: int or [height, width]
+    scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # area fraction range
+    ratio: list[float] = field(default_factory=lambda: [3.0 / 4.0, 4.0 / 3.0])  # w / h range
 
 
 @dataclass
@@ -36,6 +48,10 @@ class ScenarioConfig:
     normalize: bool = False
     crop_padding: int = 0
     hflip: bool = False
+    random_resized_crop: RandomResizedCropConfig | None = None
+    center_crop: Any = None
+    storage: str = "memory"
+    memory_budget_gb: float | None = None
 
 
 @dataclass
@@ -95,7 +111,16 @@ TOP_LEVEL = {
 }
 
 #: Keys that may differ between a checkpointed run's config and the resuming command line.
-RESUME_MAY_DIFFER = ("resume", "paths", "trainer.progress_bar", "trainer.log_every_n_steps")
+RESUME_MAY_DIFFER = (
+    "resume",
+    "paths",
+    "trainer.progress_bar",
+    "trainer.log_every_n_steps",
+    # where images are kept and how many processes decode them: the batches are the same
+    "trainer.num_workers",
+    "scenario.storage",
+    "scenario.memory_budget_gb",
+)
 
 
 @dataclass
@@ -136,6 +161,8 @@ def validate_run_config(cfg: Mapping[str, Any] | DictConfig) -> RunConfig:
         raise ConfigError("scenario.val_fraction", "must be in [0, 1)")
     if scenario.max_train_per_class is not None and scenario.max_train_per_class <= 0:
         raise ConfigError("scenario.max_train_per_class", "must be a positive count or null")
+    storage_of(scenario)  # checks scenario.storage / memory_budget_gb
+    crops_of(scenario)  # checks scenario.random_resized_crop / center_crop
     buffer = validate_node(plain.get("buffer"), BufferConfig, "buffer")
     if buffer.size < 0:
         raise ConfigError("buffer.size", f"must be >= 0, got {buffer.size}")
@@ -155,6 +182,12 @@ def validate_run_config(cfg: Mapping[str, Any] | DictConfig) -> RunConfig:
     for key in ("epochs", "batch_size", "eval_batch_size", "devices", "steps_per_batch"):
         if getattr(trainer, key) <= 0:
             raise ConfigError(f"trainer.{key}", f"must be positive, got {getattr(trainer, key)}")
+    if trainer.num_workers is not None and trainer.num_workers < 0:
+        raise ConfigError(
+            "trainer.num_workers",
+            f"must be >= 0 or null, got {trainer.num_workers}",
+            "use 0 to decode in the training process, or null for one per CPU (at most 8)",
+        )
     paths = validate_node(plain.get("paths"), PathsConfig, "paths")
     loggers = {}
     for name, node in (plain.get("logger") or {}).items():
@@ -184,6 +217,39 @@ def validate_run_config(cfg: Mapping[str, Any] | DictConfig) -> RunConfig:
         name=plain.get("name"),
         resume=plain.get("resume"),
     )
+
+
+def storage_of(scenario: ScenarioConfig) -> Storage:
+    """``scenario.storage`` and ``scenario.memory_budget_gb`` as a checked storage policy."""
+    return Storage(scenario.storage, scenario.memory_budget_gb)
+
+
+def crops_of(scenario: ScenarioConfig) -> tuple[RandomResizedCrop | None, tuple[int, int] | None]:
+    """The checked ``scenario.random_resized_crop`` and ``scenario.center_crop``."""
+    center = parse_size(scenario.center_crop, key="scenario.center_crop")
+    node = scenario.random_resized_crop
+    if node is None:
+        return None, center
+    key = "scenario.random_resized_crop"
+    size = parse_size(node.size, key=f"{key}.size")
+    if size is None:
+        raise ConfigError(f"{key}.size", "must be set", fix="e.g. 224 or [224, 224]")
+    pairs = {}
+    for name, example in (("scale", "[0.08, 1.0]"), ("ratio", "[0.75, 1.3333]")):
+        pair = [float(v) for v in getattr(node, name)]
+        if len(pair) != 2 or not 0 < pair[0] <= pair[1]:
+            raise ConfigError(
+                f"{key}.{name}", f"must be [min, max] with 0 < min <= max, got {pair}", example
+            )
+        pairs[name] = (pair[0], pair[1])
+    if center is not None and center != size:
+        raise ConfigError(
+            "scenario.center_crop",
+            f"{list(center)} differs from the random-resized crop's size {list(size)}: training "
+            "and evaluation would feed the network different sizes",
+            fix=f"set scenario.center_crop to {list(size)} or null",
+        )
+    return RandomResizedCrop(size, pairs["scale"], pairs["ratio"]), center
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:

@@ -9,6 +9,7 @@ import torch
 from cl_framework.engine import distributed
 from cl_framework.engine.module import CLModule
 from cl_framework.scenarios import Scenario
+from cl_framework.scenarios.disk import eval_batches
 
 
 @dataclass(frozen=True)
@@ -19,13 +20,16 @@ class EvalRow:
     task_il: list[float]
 
 
-def evaluate_all(module: CLModule, scenario: Scenario, batch_size: int = 1000) -> EvalRow:
+def evaluate_all(
+    module: CLModule, scenario: Scenario, batch_size: int = 1000, num_workers: int = 0
+) -> EvalRow:
     """Evaluate on every experience, future ones included (for FWT).
 
     Class-IL: argmax over every head (a prediction on a head of another experience, or on an
     auxiliary head, is an error). Task-IL: argmax over the heads of the sample's experience only.
     Dataset labels are mapped through the head manager before comparison. Under DDP each rank
     evaluates every world_size-th sample and the correct counts are summed across ranks.
+    Test sets streamed from disk are decoded by ``num_workers`` worker processes.
     """
     was_training = module.training
     module.eval()
@@ -40,9 +44,16 @@ def evaluate_all(module: CLModule, scenario: Scenario, batch_size: int = 1000) -
         for j, exp in enumerate(scenario):
             correct = torch.zeros(2, dtype=torch.long, device=device)
             test_x, test_y = exp.test.x[rank::world], exp.test.y[rank::world]
-            for start in range(0, len(test_y), batch_size):
-                x = test_x[start : start + batch_size].to(device, non_blocking=True)
-                y = module.heads.map(test_y[start : start + batch_size].to(device))
+            batches = eval_batches(
+                test_x,
+                test_y,
+                batch_size,
+                num_workers=num_workers,
+                pin_memory=device.type == "cuda",
+            )
+            for x, y in batches:
+                x = x.to(device, non_blocking=True)
+                y = module.heads.map(y.to(device))
                 logits = module.predict_logits(x)
                 correct[0] += (logits.argmax(1) == y).sum()
                 masked = logits.masked_fill(~task_heads[j], torch.finfo(logits.dtype).min)

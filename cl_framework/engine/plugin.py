@@ -113,11 +113,15 @@ class StrategyPlugin(nn.Module):
       validated against it before training).
     * ``uses_buffer``: the run needs the shared replay buffer (``buffer.size`` must be > 0).
     * ``needs_taps``: the model must record feature taps on training forwards.
+    * ``needs_in_memory_data``: the plug-in works on whole training tensors (not batch by batch),
+      so it cannot run on a source streamed from disk (``scenario.storage``); such a run is
+      refused before training.
     """
 
     name: ClassVar[str] = ""
     uses_buffer: ClassVar[bool] = False
     needs_taps: ClassVar[bool] = False
+    needs_in_memory_data: ClassVar[bool] = False
 
     @dataclass
     class Config:

@@ -41,6 +41,7 @@ from cl_framework.engine.evaluate import EvalRow, evaluate_all
 from cl_framework.engine.module import CLModule
 from cl_framework.errors import CheckpointError, NonFiniteLossError, RunInterrupted
 from cl_framework.scenarios import Scenario, Split
+from cl_framework.scenarios.disk import batch_loader, resolve_num_workers
 from cl_framework.scenarios.loader import TensorBatchLoader, epoch_seed
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class TrainerConfig:
     steps_per_batch: int = 16
     channels_last: bool = False
     compile: bool = False
+    num_workers: int | None = None
 
 
 @dataclass
@@ -128,6 +130,7 @@ class ContinualRunner:
             trainer.strategy, trainer.devices, trainer.num_nodes
         )
         self.rank = global_rank(trainer.devices) if self.world_size > 1 else 0
+        self.num_workers = resolve_num_workers(trainer.num_workers)
         n = scenario.n_experiences
         self.progress = _Progress(class_il=np.zeros((n, n)), task_il=np.zeros((n, n)))
         self._resume_mid_experience = False
@@ -167,12 +170,17 @@ class ContinualRunner:
         batch_size: int | None = None,
         max_batches: int | None = None,
     ) -> TensorBatchLoader:
-        """One epoch of shuffled batches of ``split``; the shuffle depends only on the seeds."""
-        return TensorBatchLoader(
+        """One epoch of shuffled batches of ``split``; the shuffle depends only on the seeds.
+
+        A split streamed from disk gets the same batches, decoded by ``trainer.num_workers``
+        worker processes (:mod:`cl_framework.scenarios.disk`)."""
+        return batch_loader(
             split.x,
             split.y,
             split.task_labels(task_label),
             batch_size=batch_size or self.trainer_cfg.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
             seed=epoch_seed(self.seed, experience, epoch, stream),
             skip_batches=skip_batches,
             max_batches=max_batches
@@ -236,7 +244,12 @@ class ContinualRunner:
 
     def evaluate(self) -> EvalRow:
         self.module.to(self.device)
-        return evaluate_all(self.module, self.scenario, self.trainer_cfg.eval_batch_size)
+        return evaluate_all(
+            self.module,
+            self.scenario,
+            self.trainer_cfg.eval_batch_size,
+            num_workers=self.num_workers,
+        )
 
     # ------------------------------------------------------------------- run
     def run(self) -> RunResult:

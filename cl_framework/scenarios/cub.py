@@ -22,13 +22,14 @@ from typing import Any
 import torch
 
 from cl_framework.errors import DataError
+from cl_framework.scenarios.disk import Storage, load_image_splits
 from cl_framework.scenarios.download import (
     DEFAULT_TIMEOUT_S,
     Archive,
     DatasetLayout,
     ensure_dataset,
 )
-from cl_framework.scenarios.images import IMAGENET_MEAN, IMAGENET_STD, decode_images, parse_size
+from cl_framework.scenarios.images import IMAGENET_MEAN, IMAGENET_STD, parse_size
 from cl_framework.scenarios.sources import DataSource, register_source, resolve_class_selection
 
 CUB_ARCHIVE = Archive(
@@ -59,6 +60,7 @@ def load_cub200(
     mirrors: Sequence[str] | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     workers: int | None = None,
+    storage: Storage | None = None,
 ) -> DataSource:
     """CUB-200-2011 with its official train/test split, resized to ``size``."""
     root = ensure_dataset(
@@ -98,17 +100,19 @@ def load_cub200(
         split_paths[train].append(root / "images" / rel)
         split_labels[train].append(label_of[class_id])
     target = parse_size(size)
-    xs = {
-        train: decode_images(
-            split_paths[train], target, interpolation=interpolation, workers=workers, what="CUB"
-        )
-        for train in (True, False)
-    }
+    xs = load_image_splits(
+        {"train": split_paths[True], "test": split_paths[False]},
+        target,
+        interpolation=interpolation,
+        workers=workers,
+        what="CUB",
+        storage=storage,
+    )
     return DataSource(
         name="cub200",
-        train_x=xs[True],
+        train_x=xs["train"],
         train_y=torch.tensor(split_labels[True], dtype=torch.int64),
-        test_x=xs[False],
+        test_x=xs["test"],
         test_y=torch.tensor(split_labels[False], dtype=torch.int64),
         class_names=tuple(names[c] for c in selected),
         mean=IMAGENET_MEAN,

@@ -6,7 +6,8 @@ Two layouts are understood::
     <root>/<class>/*.png         split into train/test by a seeded stratified draw
 
 ``root`` is absolute or relative to ``data_dir``. Class k is the k-th class folder in sorted
-order. Normalisation statistics are computed from the training images.
+order. Normalisation statistics are computed from the training images (with
+``scenario.storage=disk`` that is one decoding pass over them when the source is loaded).
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ import numpy as np
 import torch
 
 from cl_framework.errors import ConfigError, DataError
+from cl_framework.scenarios.disk import Storage, load_image_splits
 from cl_framework.scenarios.images import (
     cap_per_class,
     channel_stats,
-    decode_images,
     parse_size,
     scan_class_folders,
     stratified_split,
@@ -48,8 +49,12 @@ def load_imagefolder(
     classes: Any = None,
     exclude_classes: Any = None,
     workers: int | None = None,
+    storage: Storage | None = None,
 ) -> DataSource:
-    """Class folders under ``root`` as a source; ``size=None`` needs equally sized images."""
+    """Class folders under ``root`` as a source; ``size=None`` needs equally sized images.
+
+    ``storage`` (``scenario.storage``): decode into memory, or keep the files and decode batch
+    by batch (:mod:`cl_framework.scenarios.disk`)."""
     if root is None:
         raise ConfigError(
             "scenario.source_options.root",
@@ -73,22 +78,24 @@ def load_imagefolder(
     paths, labels = scan_class_folders(train_base, selected, "image folder", _FIX)
     target = parse_size(size)
 
-    def decode(files: list[Path]) -> torch.Tensor:
-        return decode_images(
-            files,
+    def decode(train_files: list[Path], test_files: list[Path]) -> tuple[Any, Any]:
+        xs = load_image_splits(
+            {"train": train_files, "test": test_files},
             target,
             interpolation=interpolation,
             channels=channels,
             workers=workers,
             what=f"image folder '{base}'",
+            storage=storage,
         )
+        return xs["train"], xs["test"]
 
     key = "scenario.source_options.max_train_per_class"
     if split_folders:
         assert test_dir is not None
         train_paths, train_labels = cap_per_class(paths, labels, max_train_per_class, key)
         test_paths, test_labels = scan_class_folders(test_dir, selected, "image folder", _FIX)
-        train_x, test_x = decode(train_paths), decode(test_paths)
+        train_x, test_x = decode(train_paths, test_paths)
         if target is None and train_x.shape[2:] != test_x.shape[2:]:
             raise DataError(
                 str(test_dir),
@@ -108,7 +115,7 @@ def load_imagefolder(
         train_paths, train_labels = cap_per_class(
             train_paths, train_labels, max_train_per_class, key
         )
-        train_x, test_x = decode(train_paths), decode(test_paths)
+        train_x, test_x = decode(train_paths, test_paths)
         train_y = torch.tensor(train_labels, dtype=torch.int64)
         test_y = torch.tensor(test_labels, dtype=torch.int64)
     mean, std = channel_stats(train_x)

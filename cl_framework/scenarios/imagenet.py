@@ -31,11 +31,11 @@ from typing import Any
 import torch
 
 from cl_framework.errors import ConfigError, DataError
+from cl_framework.scenarios.disk import Storage, load_image_splits
 from cl_framework.scenarios.images import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     cap_per_class,
-    decode_images,
     parse_size,
     scan_class_folders,
 )
@@ -93,6 +93,7 @@ def load_imagenet_subset(
     classes: Any = None,
     exclude_classes: Any = None,
     workers: int | None = None,
+    storage: Storage | None = None,
 ) -> DataSource:
     """The classes of ``class_list`` from an ImageNet-style folder, resized to ``size``.
 
@@ -113,17 +114,19 @@ def load_imagenet_subset(
     test_paths, test_labels = scan_class_folders(val_root, selected, "ImageNet val", fix)
     target = parse_size(size)
     what = f"ImageNet subset '{class_list}'"
-    train_x = decode_images(
-        train_paths, target, interpolation=interpolation, workers=workers, what=what
-    )
-    test_x = decode_images(
-        test_paths, target, interpolation=interpolation, workers=workers, what=what
+    xs = load_image_splits(
+        {"train": train_paths, "test": test_paths},
+        target,
+        interpolation=interpolation,
+        workers=workers,
+        what=what,
+        storage=storage,
     )
     return DataSource(
         name=f"imagenet_subset:{Path(class_list).stem}",
-        train_x=train_x,
+        train_x=xs["train"],
         train_y=torch.tensor(train_labels, dtype=torch.int64),
-        test_x=test_x,
+        test_x=xs["test"],
         test_y=torch.tensor(test_labels, dtype=torch.int64),
         class_names=tuple(selected),
         mean=IMAGENET_MEAN,

@@ -7,7 +7,9 @@ Layout::
 The dataset has no official train/test split. As in the continual-learning literature (CODA-Prompt,
 Mammoth's ``seq-imagenet-r``) a random 80/20 split is drawn; here it is stratified per class and
 seeded (``test_fraction``, ``split_seed``), so it is identical on every machine but not the
-same file list as those code bases. Class k is the k-th wnid in sorted order.
+same file list as those code bases (CODA-Prompt ships its own split files, which are not used
+here): accuracies are not directly comparable with numbers reported on that split. Class k is
+the k-th wnid in sorted order.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cl_framework.scenarios.disk import Storage, load_image_splits
 from cl_framework.scenarios.download import (
     DEFAULT_TIMEOUT_S,
     Archive,
@@ -28,7 +31,6 @@ from cl_framework.scenarios.download import (
 from cl_framework.scenarios.images import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    decode_images,
     parse_size,
     scan_class_folders,
     stratified_split,
@@ -63,6 +65,7 @@ def load_imagenet_r(
     mirrors: Sequence[str] | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     workers: int | None = None,
+    storage: Storage | None = None,
 ) -> DataSource:
     """ImageNet-R, 200 classes, a seeded stratified train/test split, resized to ``size``."""
     root = ensure_dataset(
@@ -82,16 +85,24 @@ def load_imagenet_r(
     test_mask = stratified_split(
         label_array, test_fraction, split_seed, "scenario.source_options.test_fraction"
     )
-    x = decode_images(
-        paths, parse_size(size), interpolation=interpolation, workers=workers, what="ImageNet-R"
+    xs = load_image_splits(
+        {
+            "train": [p for p, t in zip(paths, test_mask, strict=True) if not t],
+            "test": [p for p, t in zip(paths, test_mask, strict=True) if t],
+        },
+        parse_size(size),
+        interpolation=interpolation,
+        workers=workers,
+        what="ImageNet-R",
+        storage=storage,
     )
     y = torch.from_numpy(label_array.astype(np.int64))
     mask = torch.from_numpy(test_mask)
     return DataSource(
         name="imagenet-r",
-        train_x=x[~mask],
+        train_x=xs["train"],
         train_y=y[~mask],
-        test_x=x[mask],
+        test_x=xs["test"],
         test_y=y[mask],
         class_names=tuple(selected),
         mean=IMAGENET_MEAN,

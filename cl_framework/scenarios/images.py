@@ -4,8 +4,10 @@ Folder-based sources (Tiny-ImageNet, ImageNet subsets, ImageNet-R, CUB-200, any 
 decode every image once, in a thread pool (PIL releases the GIL while decoding and resizing),
 straight into a preallocated tensor: full decode, RGB (or L) conversion, then one PIL resize to
 the configured (H, W), as the reference code bases do. Before decoding, the size of the result is
-checked against the memory available, so a too-large resolution fails at once with the number
-to change.
+checked against the memory budget (by default 80 % of the available memory), so a too-large
+resolution fails at once with the number to change. :func:`decode_file` is the one decoding
+step; disk streaming (:mod:`cl_framework.scenarios.disk`) calls it too, so both storage modes
+give the same bytes.
 """
 
 from __future__ import annotations
@@ -14,13 +16,16 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from cl_framework.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from cl_framework.scenarios.disk import ImageFiles
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".tif", ".tiff", ".webp")
 
@@ -77,16 +82,33 @@ def list_images(folder: Path) -> list[Path]:
     )
 
 
-def check_fits_in_memory(n_images: int, shape: tuple[int, int, int], what: str) -> None:
-    """Raise ConfigError if ``n_images`` uint8 images of ``shape`` would not fit in memory."""
-    needed = n_images * shape[0] * shape[1] * shape[2]
+def memory_budget_bytes(budget_gb: float | None = None) -> float | None:
+    """Bytes of decoded images that may be held in memory: ``budget_gb`` if given, else
+    ``MEMORY_FRACTION`` of the available memory (None where that cannot be read)."""
+    if budget_gb is not None:
+        return float(budget_gb) * 1e9
     available = available_memory_bytes()
-    if available is not None and needed > MEMORY_FRACTION * available:
+    return None if available is None else MEMORY_FRACTION * available
+
+
+def check_fits_in_memory(
+    n_images: int, shape: tuple[int, int, int], what: str, budget_gb: float | None = None
+) -> None:
+    """Raise ConfigError if ``n_images`` uint8 images of ``shape`` exceed the memory budget."""
+    needed = n_images * shape[0] * shape[1] * shape[2]
+    budget = memory_budget_bytes(budget_gb)
+    if budget is not None and needed > budget:
+        limit = (
+            f"the memory budget is {budget / 1e9:.1f} GB (scenario.memory_budget_gb)"
+            if budget_gb is not None
+            else f"only {budget / MEMORY_FRACTION / 1e9:.1f} GB of memory is available"
+        )
         raise ConfigError(
             "scenario.source_options.size",
             f"{what}: {n_images} images of {shape[1]}x{shape[2]} need {needed / 1e9:.1f} GB as "
-            f"uint8, only {available / 1e9:.1f} GB of memory is available",
-            fix="lower scenario.source_options.size, or cap the images per class "
+            f"uint8, {limit}",
+            fix="stream the images from disk (scenario.storage=disk or auto, folder sources), "
+            "lower scenario.source_options.size, or cap the images per class "
             "(scenario.source_options.max_train_per_class where the source has it)",
         )
 
@@ -111,40 +133,82 @@ def decode_images(
     channels: int = 3,
     workers: int | None = None,
     what: str = "images",
+    budget_gb: float | None = None,
 ) -> torch.Tensor:
     """Decode ``paths`` into uint8 (N, channels, H, W), resized to ``size`` = (H, W).
 
     With ``size=None`` every image must already share one size (that of the first image).
     Grayscale / palette / RGBA files are converted to ``channels`` (3: RGB, 1: L).
     """
-    mode = {3: "RGB", 1: "L"}[channels]
-    resample = parse_interpolation(interpolation)
+    parse_interpolation(interpolation)  # a bad name fails before anything is read
+    fixed_native = size is None
     if size is None:
-        if not paths:
-            raise DataError(what, "no images found", fix="check the dataset layout")
-        with _open(paths[0]) as first:
-            size = (first.height, first.width)
-        fixed_native = True
-    else:
-        fixed_native = False
+        size = native_size(paths, what)
+    check_fits_in_memory(len(paths), (channels, size[0], size[1]), what, budget_gb)
+    return decode_into(
+        paths,
+        size,
+        interpolation=interpolation,
+        channels=channels,
+        check_size=fixed_native,
+        workers=workers,
+    )
+
+
+def native_size(paths: Sequence[Path], what: str) -> tuple[int, int]:
+    """(H, W) of the first image (the size every image must have when none is configured)."""
+    if not paths:
+        raise DataError(what, "no images found", fix="check the dataset layout")
+    with _open(paths[0]) as first:
+        return (first.height, first.width)
+
+
+def decode_file(
+    path: Path | str,
+    size: tuple[int, int],
+    *,
+    channels: int = 3,
+    resample: Image.Resampling = Image.Resampling.BILINEAR,
+    check_size: bool = False,
+) -> np.ndarray:
+    """One image file as uint8 (channels, H, W): full decode, RGB / L conversion, one PIL resize
+    to ``size`` (skipped when it already has that size). ``check_size``: the file must already
+    be ``size`` (sources read at their native size)."""
     h, w = size
-    check_fits_in_memory(len(paths), (channels, h, w), what)
+    with _open(Path(path)) as img:
+        if check_size and (img.height, img.width) != (h, w):
+            raise DataError(
+                str(path),
+                f"is {img.height}x{img.width}, other images are {h}x{w}",
+                fix="give a resolution to resize to (scenario.source_options.size)",
+            )
+        converted = img.convert({3: "RGB", 1: "L"}[channels])
+        if converted.size != (w, h):
+            converted = converted.resize((w, h), resample)
+        pixels = np.asarray(converted)
+    return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+
+
+def decode_into(
+    paths: Sequence[Path | str],
+    size: tuple[int, int],
+    *,
+    interpolation: str = "bilinear",
+    channels: int = 3,
+    check_size: bool = False,
+    workers: int | None = None,
+) -> torch.Tensor:
+    """Decode ``paths`` (no memory check) into a new uint8 (N, channels, H, W) tensor, in a
+    thread pool of ``workers`` threads (None: up to 16) when there are 64 images or more."""
+    resample = parse_interpolation(interpolation)
+    h, w = size
     out = torch.empty((len(paths), channels, h, w), dtype=torch.uint8)
     array = out.numpy()
 
     def load(i: int) -> None:
-        with _open(paths[i]) as img:
-            if fixed_native and (img.height, img.width) != (h, w):
-                raise DataError(
-                    str(paths[i]),
-                    f"is {img.height}x{img.width}, other images are {h}x{w}",
-                    fix="give a resolution to resize to (scenario.source_options.size)",
-                )
-            converted = img.convert(mode)
-            if converted.size != (w, h):
-                converted = converted.resize((w, h), resample)
-            pixels = np.asarray(converted)
-        array[i] = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+        array[i] = decode_file(
+            paths[i], size, channels=channels, resample=resample, check_size=check_size
+        )
 
     n_workers = workers if workers is not None else min(16, os.cpu_count() or 1)
     if n_workers <= 1 or len(paths) < 64:
@@ -169,14 +233,15 @@ def _open(path: Path) -> Image.Image:
 
 
 def channel_stats(
-    x: torch.Tensor, chunk: int = 4096
+    x: torch.Tensor | ImageFiles, chunk: int = 4096
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of uint8 images scaled to [0, 1] (chunked, float64)."""
     c = x.shape[1]
     total = torch.zeros(c, dtype=torch.float64)
     total_sq = torch.zeros(c, dtype=torch.float64)
     for start in range(0, len(x), chunk):
-        part = x[start : start + chunk].to(torch.float64) / 255.0
+        # x may be image files on disk (scenario.storage=disk): rows are decoded chunk by chunk
+        part = x[start : start + chunk].to(dtype=torch.float64) / 255.0
         total += part.sum(dim=(0, 2, 3))
         total_sq += part.pow(2).sum(dim=(0, 2, 3))
     count = max(len(x) * x.shape[2] * x.shape[3], 1)

@@ -89,6 +89,12 @@ class TensorBatchLoader:
 
     def batches(self) -> Iterator[dict[str, torch.Tensor]]:
         """The epoch's mini-batches one by one (after ``skip_batches``)."""
+        for idx in self.batch_indices():
+            yield {"x": self.x[idx], "y": self.y[idx], "t": self.t[idx]}
+
+    def batch_indices(self) -> Iterator[torch.Tensor]:
+        """Row indices of each mini-batch this epoch still yields, in order (the shuffle is a
+        function of ``seed`` only; disk streaming decodes exactly these rows)."""
         n = len(self.y)
         if self.shuffle:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
@@ -97,5 +103,4 @@ class TensorBatchLoader:
         step = self.batch_size * self.world_size
         for b in range(self.skip_batches, self.total_batches()):
             start = b * step + self.rank * self.batch_size
-            idx = order[start : start + self.batch_size]
-            yield {"x": self.x[idx], "y": self.y[idx], "t": self.t[idx]}
+            yield order[start : start + self.batch_size]

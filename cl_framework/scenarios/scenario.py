@@ -15,11 +15,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from cl_framework.errors import ConfigError
 from cl_framework.scenarios.sources import DataSource
+
+if TYPE_CHECKING:
+    from cl_framework.scenarios.disk import ImageFiles
 
 SETTINGS = ("class-il", "task-il", "domain-il")
 
@@ -29,10 +33,12 @@ class Split:
     """Images (uint8), remapped int64 labels and, optionally, per-row task labels.
 
     ``t`` is None when every row belongs to the experience that owns the split (the usual
-    case); splits that mix experiences (joint training) carry one task label per row.
+    case); splits that mix experiences (joint training) carry one task label per row. ``x`` is
+    a tensor, or :class:`~cl_framework.scenarios.disk.ImageFiles` when the source streams from
+    disk (``scenario.storage``): rows index lazily, batches are decoded by the loaders.
     """
 
-    x: torch.Tensor = field(repr=False)
+    x: torch.Tensor | ImageFiles = field(repr=False)
     y: torch.Tensor = field(repr=False)
     t: torch.Tensor | None = field(default=None, repr=False)
 
@@ -69,7 +75,11 @@ class Experience:
 
 @dataclass(frozen=True, eq=False)
 class Scenario:
-    """An ordered sequence of experiences over remapped labels 0..n_classes-1."""
+    """An ordered sequence of experiences over remapped labels 0..n_classes-1.
+
+    ``input_shape`` is the (C, H, W) the network sees: the stored images' shape, or the crop
+    size when the scenario crops (``scenario.random_resized_crop`` / ``scenario.center_crop``).
+    """
 
     name: str
     setting: str

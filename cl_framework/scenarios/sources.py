@@ -1,7 +1,9 @@
 """Data-source registry: a name -> loader mapping, in the style of timm's model registry.
 
-A source is a whole labelled dataset (train and test) held as uint8 tensors in memory; splitting it
-into experiences is :mod:`cl_framework.scenarios.scenario`'s job. New datasets plug in with
+A source is a whole labelled dataset (train and test) held as uint8 tensors in memory (or, for
+folder sources with ``scenario.storage=disk``, as :class:`~cl_framework.scenarios.disk.ImageFiles`
+decoded batch by batch); splitting it into experiences is
+:mod:`cl_framework.scenarios.scenario`'s job. New datasets plug in with
 ``@register_source("name")`` on a loader ``(data_dir, **options) -> DataSource``.
 
 Every source also accepts two generic options, ``classes`` and ``exclude_classes`` (indices, class
@@ -24,6 +26,7 @@ import torch
 from cl_framework.errors import ConfigError
 
 if TYPE_CHECKING:
+    from cl_framework.scenarios.disk import ImageFiles, Storage
     from cl_framework.scenarios.domains import DomainShift
 
 CLASS_SELECTION_OPTIONS = ("classes", "exclude_classes")
@@ -33,6 +36,9 @@ CLASS_SELECTION_OPTIONS = ("classes", "exclude_classes")
 class DataSource:
     """A labelled image dataset with a fixed train/test split, images as uint8 (N, C, H, W).
 
+    The images are tensors, or :class:`~cl_framework.scenarios.disk.ImageFiles` (same shape and
+    dtype, decoded on demand) when a folder source streams from disk.
+
     ``domain_shift`` is set by domain-IL sources (``perm-mnist``, ``rot-mnist``): the images are
     the base domain and the shift produces domain k's images (see ``setting: domain-il``).
     ``experience_sizes`` is set by sources that come with their own split into experiences
@@ -41,9 +47,9 @@ class DataSource:
     """
 
     name: str
-    train_x: torch.Tensor = field(repr=False)
+    train_x: torch.Tensor | ImageFiles = field(repr=False)
     train_y: torch.Tensor = field(repr=False)
-    test_x: torch.Tensor = field(repr=False)
+    test_x: torch.Tensor | ImageFiles = field(repr=False)
     test_y: torch.Tensor = field(repr=False)
     class_names: tuple[str, ...]
     mean: tuple[float, ...]
@@ -54,7 +60,7 @@ class DataSource:
     def __post_init__(self) -> None:
         # Checked once here so every scenario can rely on these invariants.
         for split in ("train", "test"):
-            x: torch.Tensor = getattr(self, f"{split}_x")
+            x: torch.Tensor | ImageFiles = getattr(self, f"{split}_x")
             y: torch.Tensor = getattr(self, f"{split}_y")
             if x.dtype != torch.uint8 or x.ndim != 4:
                 raise ValueError(
@@ -113,11 +119,14 @@ def available_sources() -> list[str]:
     return sorted(_SOURCES)
 
 
-def load_source(name: str, data_dir: str | Path, **options: Any) -> DataSource:
+def load_source(
+    name: str, data_dir: str | Path, *, storage: Storage | str | None = None, **options: Any
+) -> DataSource:
     """Load a registered source; options are passed to its loader (e.g. ``download=False``).
 
     Unknown names and unknown options raise :class:`ConfigError` so a typo in a config fails
-    before any data is read.
+    before any data is read. ``storage`` (``scenario.storage``) reaches the loaders that take a
+    ``storage`` argument (the folder sources); asking any other source for ``disk`` is refused.
     """
     if name not in _SOURCES:
         raise ConfigError(
@@ -127,6 +136,21 @@ def load_source(name: str, data_dir: str | Path, **options: Any) -> DataSource:
         )
     loader = _SOURCES[name]
     accepted = _keyword_options(loader)
+    if isinstance(storage, str):
+        from cl_framework.scenarios.disk import Storage
+
+        storage = Storage(storage)
+    if storage is not None and accepted is not None and "storage" in accepted:
+        options["storage"] = storage
+    elif storage is not None and storage.mode == "disk":
+        from cl_framework.scenarios.disk import DISK_SOURCES
+
+        raise ConfigError(
+            "scenario.storage",
+            f"data source '{name}' is always held in memory, it cannot stream from disk",
+            fix="use scenario.storage=memory (or auto); disk streaming works for the folder "
+            "sources: " + ", ".join(DISK_SOURCES),
+        )
     selection: dict[str, Any] = {}
     if accepted is not None:
         for option in CLASS_SELECTION_OPTIONS:
@@ -134,7 +158,7 @@ def load_source(name: str, data_dir: str | Path, **options: Any) -> DataSource:
                 selection[option] = options.pop(option)
         for option in options:
             if option not in accepted:
-                valid = sorted(accepted | set(CLASS_SELECTION_OPTIONS))
+                valid = sorted((accepted - {"storage"}) | set(CLASS_SELECTION_OPTIONS))
                 raise ConfigError(
                     f"scenario.source_options.{option}",
                     f"data source '{name}' has no option '{option}'",

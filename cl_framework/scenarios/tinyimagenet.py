@@ -24,13 +24,14 @@ from typing import Any
 import torch
 
 from cl_framework.errors import DataError
+from cl_framework.scenarios.disk import Storage, load_image_splits
 from cl_framework.scenarios.download import (
     DEFAULT_TIMEOUT_S,
     Archive,
     DatasetLayout,
     ensure_dataset,
 )
-from cl_framework.scenarios.images import decode_images, list_images, parse_size
+from cl_framework.scenarios.images import list_images, parse_size
 from cl_framework.scenarios.sources import DataSource, register_source, resolve_class_selection
 
 TINYIMAGENET_ARCHIVE = Archive(
@@ -59,6 +60,7 @@ def load_tinyimagenet(
     mirrors: Sequence[str] | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     workers: int | None = None,
+    storage: Storage | None = None,
 ) -> DataSource:
     """Tiny-ImageNet: 100000 train / 10000 test (the labelled val set), 200 classes, 64 px."""
     root = ensure_dataset(
@@ -91,17 +93,19 @@ def load_tinyimagenet(
 
     test_paths, test_labels = _read_val(root, set(wnids), label_of)
     target = parse_size(size)
-    train_x = decode_images(
-        train_paths, target, interpolation=interpolation, workers=workers, what="Tiny-ImageNet"
-    )
-    test_x = decode_images(
-        test_paths, target, interpolation=interpolation, workers=workers, what="Tiny-ImageNet"
+    xs = load_image_splits(
+        {"train": train_paths, "test": test_paths},
+        target,
+        interpolation=interpolation,
+        workers=workers,
+        what="Tiny-ImageNet",
+        storage=storage,
     )
     return DataSource(
         name="tinyimagenet",
-        train_x=train_x,
+        train_x=xs["train"],
         train_y=torch.tensor(train_labels, dtype=torch.int64),
-        test_x=test_x,
+        test_x=xs["test"],
         test_y=torch.tensor(test_labels, dtype=torch.int64),
         class_names=tuple(wnids[c] for c in selected),
         mean=TINYIMAGENET_MEAN,

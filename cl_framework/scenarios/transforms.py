@@ -1,21 +1,53 @@
 """Batched, on-device image transforms: uint8 -> float, augmentation, normalisation.
 
-Images live in memory as uint8; augmentation runs on whole batches on the training device
-(as Mammoth does with kornia), so replayed buffer rows, stored un-augmented, get fresh
-augmentations each time they are drawn.
+Images live in memory as uint8 (or are decoded to uint8 batch by batch from disk); augmentation
+runs on whole batches on the training device (as Mammoth does with kornia), so replayed buffer
+rows, stored un-augmented, get fresh augmentations each time they are drawn.
+
+Training: random-resized crop (or center crop), random crop after padding, horizontal flip,
+then scaling to [0, 1] and normalisation. Evaluation (:meth:`BatchTransform.to_float`): center
+crop, scaling, normalisation. With ``random_resized_crop`` + ``center_crop`` this is the
+ImageNet-style protocol of L2P / CODA-Prompt (RandomResizedCrop + flip for training,
+Resize + CenterCrop for testing), the resize being the one done when images are loaded.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 
+@dataclass(frozen=True)
+class RandomResizedCrop:
+    """torchvision's ``RandomResizedCrop`` parameters: output ``size`` (H, W), the crop's area
+    as a fraction of the image (``scale``) and its aspect ratio w / h (``ratio``, drawn
+    log-uniformly)."""
+
+    size: tuple[int, int]
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
+
+    def __post_init__(self) -> None:
+        if len(self.size) != 2 or min(self.size) < 1:
+            raise ValueError(f"size must be (height, width) > 0, got {self.size!r}")
+        lo, hi = self.scale
+        if not 0.0 < lo <= hi:
+            raise ValueError(f"scale must satisfy 0 < min <= max, got {self.scale!r}")
+        lo, hi = self.ratio
+        if not 0.0 < lo <= hi:
+            raise ValueError(f"ratio must satisfy 0 < min <= max, got {self.ratio!r}")
+
+
 class BatchTransform:
     """uint8 (B, C, H, W) -> float in [0, 1], optionally augmented, optionally normalised.
 
+    ``random_resized_crop`` crops each training image to a random area / aspect ratio and
+    resizes it to a fixed size (batched: one ``roi_align``); ``center_crop`` (H, W) is the
+    evaluation crop, also applied in training when there is no random-resized crop.
     ``crop_padding`` > 0 enables random crops after zero padding; ``hflip`` random horizontal
     flips. Randomness comes from a private generator per device, seeded from ``seed``.
     """
@@ -27,11 +59,17 @@ class BatchTransform:
         crop_padding: int = 0,
         hflip: bool = False,
         seed: int = 0,
+        random_resized_crop: RandomResizedCrop | None = None,
+        center_crop: tuple[int, int] | None = None,
     ) -> None:
         self.mean = tuple(mean) if mean is not None else None
         self.std = tuple(std) if std is not None else None
         self.crop_padding = int(crop_padding)
         self.hflip = bool(hflip)
+        self.random_resized_crop = random_resized_crop
+        self.center_crop = (
+            (int(center_crop[0]), int(center_crop[1])) if center_crop is not None else None
+        )
         self.seed = seed
         self._generators: dict[str, torch.Generator] = {}
         self._stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -39,7 +77,15 @@ class BatchTransform:
 
     @property
     def augments(self) -> bool:
-        return self.crop_padding > 0 or self.hflip
+        return self.crop_padding > 0 or self.hflip or self.random_resized_crop is not None
+
+    def output_size(self, height: int, width: int, train: bool) -> tuple[int, int]:
+        """(H, W) of a transformed batch of ``height`` x ``width`` images."""
+        if train and self.random_resized_crop is not None:
+            return self.random_resized_crop.size
+        if self.center_crop is not None:
+            return self.center_crop
+        return (height, width)
 
     def _generator(self, device: torch.device) -> torch.Generator:
         key = str(device)
@@ -50,7 +96,14 @@ class BatchTransform:
         return gen
 
     def to_float(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 -> float32 in [0, 1] and normalised (no augmentation): the eval transform."""
+        """uint8 -> float32 in [0, 1] and normalised (no augmentation): the eval transform
+        (center-cropped first when ``center_crop`` is set)."""
+        if self.center_crop is not None:
+            x = self._center_crop(x)
+        return self._scale(x)
+
+    def _scale(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 -> float32 in [0, 1] (float input is taken as already scaled), normalised."""
         out = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
         if self.mean is not None and self.std is not None:
             key = str(out.device)
@@ -68,9 +121,77 @@ class BatchTransform:
 
     def train(self, x: torch.Tensor) -> torch.Tensor:
         """The training transform: augment (batched) then normalise."""
-        if self.augments:
+        if self.random_resized_crop is not None:
+            x = self._random_resized_crop(x)
+        elif self.center_crop is not None:
+            x = self._center_crop(x)
+        if self.crop_padding > 0 or self.hflip:
             x = self._augment(x)
-        return self.to_float(x)
+        return self._scale(x)
+
+    def _center_crop(self, x: torch.Tensor) -> torch.Tensor:
+        """The central (H, W) window (torchvision's ``CenterCrop`` offsets)."""
+        assert self.center_crop is not None
+        ch, cw = self.center_crop
+        h, w = x.shape[-2:]
+        if (ch, cw) == (h, w):
+            return x
+        if ch > h or cw > w:
+            raise ValueError(f"center crop {ch}x{cw} is larger than the {h}x{w} images")
+        top, left = round((h - ch) / 2.0), round((w - cw) / 2.0)
+        return x[..., top : top + ch, left : left + cw]
+
+    def _random_resized_crop(self, x: torch.Tensor) -> torch.Tensor:
+        """torchvision's ``RandomResizedCrop`` on a whole batch, float in [0, 1] out.
+
+        Per sample, as torchvision: up to 10 draws of (area fraction, log aspect ratio); the
+        first whose rounded w x h fits the image wins; a random integer position for it; if
+        none fits, the central crop with the ratio clamped into ``ratio``. All draws are
+        batched tensors from the private generator. The crops are resized with
+        ``torchvision.ops.roi_align`` (bilinear, ``aligned=True``: pixel centres as in
+        ``F.interpolate(align_corners=False)``; shrinking crops average ceil(crop / output)^2
+        samples per output pixel, an anti-aliased resize).
+        """
+        from torchvision.ops import roi_align
+
+        rrc = self.random_resized_crop
+        assert rrc is not None
+        gen = self._generator(x.device)
+        b, _, h, w = x.shape
+        dev = x.device
+        f64 = torch.float64
+        u_area = torch.rand(b, 10, generator=gen, device=dev, dtype=f64)
+        u_ratio = torch.rand(b, 10, generator=gen, device=dev, dtype=f64)
+        u_top = torch.rand(b, generator=gen, device=dev, dtype=f64)
+        u_left = torch.rand(b, generator=gen, device=dev, dtype=f64)
+        area = h * w * (rrc.scale[0] + (rrc.scale[1] - rrc.scale[0]) * u_area)
+        log_lo, log_hi = math.log(rrc.ratio[0]), math.log(rrc.ratio[1])
+        aspect = torch.exp(log_lo + (log_hi - log_lo) * u_ratio)
+        cw = torch.round(torch.sqrt(area * aspect))
+        ch = torch.round(torch.sqrt(area / aspect))
+        fits = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
+        first = fits.to(torch.uint8).argmax(1, keepdim=True)  # first fitting draw (0 if none)
+        cw, ch = cw.gather(1, first).squeeze(1), ch.gather(1, first).squeeze(1)
+        # fallback (no draw fits): central crop with the aspect ratio clamped into the range
+        in_ratio = w / h
+        if in_ratio < rrc.ratio[0]:
+            fw, fh = w, round(w / rrc.ratio[0])
+        elif in_ratio > rrc.ratio[1]:
+            fw, fh = round(h * rrc.ratio[1]), h
+        else:
+            fw, fh = w, h
+        found = fits.any(1)
+        cw = torch.where(found, cw, torch.full_like(cw, fw))
+        ch = torch.where(found, ch, torch.full_like(ch, fh))
+        top = torch.where(found, torch.floor(u_top * (h - ch + 1)), torch.floor((h - ch) / 2))
+        left = torch.where(found, torch.floor(u_left * (w - cw + 1)), torch.floor((w - cw) / 2))
+        boxes = torch.stack(
+            [torch.arange(b, device=dev, dtype=f64), left, top, left + cw, top + ch], 1
+        ).float()
+        out = roi_align(
+            x.float(), boxes, rrc.size, spatial_scale=1.0, sampling_ratio=-1, aligned=True
+        )
+        return out.div_(255.0) if x.dtype == torch.uint8 else out
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
         gen = self._generator(x.device)

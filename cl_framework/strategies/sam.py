@@ -87,6 +87,7 @@ class _Pending:
 @register_strategy
 class SAM(StrategyPlugin):
     name = "sam"
+    needs_in_memory_data = True  # saliency targets of every training image
 
     @dataclass
     class Config:

@@ -49,6 +49,7 @@ def add_signatures(
 @register_strategy
 class SignatureProbe(StrategyPlugin):
     name = "signature_probe"
+    needs_in_memory_data = True  # pastes patches into the training tensors
 
     @dataclass
     class Config:
