@@ -103,10 +103,7 @@ def main() -> None:
     runs_dir = Path(os.environ.get("RUNS_DIR", output_dir / "d2l_seq_mnist"))
     generator = ensure_generator(output_dir)
     jobs = [
-        (f"{base}{suffix}-500", seed)
-        for seed in SEEDS
-        for base in PAIRS
-        for suffix in ("", "-d2l")
+        (f"{base}{suffix}-500", seed) for seed in SEEDS for base in PAIRS for suffix in ("", "-d2l")
     ]
     with ThreadPoolExecutor(int(os.environ.get("JOBS", "1"))) as pool:
         rows = list(pool.map(lambda j: run(j[0], j[1], runs_dir, generator), jobs))
@@ -148,9 +145,7 @@ def main() -> None:
         for suffix, name in (("", label), ("-d2l", f"{label} + D2L")):
             exp = f"{base}{suffix}-500"
             wall = statistics.fmean(pick(exp, "wall_time_s"))
-            dreaming = (
-                f"{statistics.fmean(pick(exp, 'dream_seconds')):.0f}" if suffix else "-"
-            )
+            dreaming = f"{statistics.fmean(pick(exp, 'dream_seconds')):.0f}" if suffix else "-"
             lines.append(
                 f"| {name} | {mean_std(pick(exp, 'class_il'))} | "
                 f"{mean_std(pick(exp, 'fwt_class_il'))} | {mean_std(pick(exp, 'task_il'))} | "
@@ -159,16 +154,13 @@ def main() -> None:
             )
     lines += ["", "Paired differences (D2L minus base, same seed):", ""]
     for base, label in PAIRS.items():
-        d_acc = [
-            a - b
-            for a, b in zip(pick(f"{base}-d2l-500", "class_il"), pick(f"{base}-500", "class_il"))
-        ]
-        d_fwt = [
-            a - b
-            for a, b in zip(
-                pick(f"{base}-d2l-500", "fwt_class_il"), pick(f"{base}-500", "fwt_class_il")
-            )
-        ]
+        d_acc, d_fwt = (
+            [
+                a - b
+                for a, b in zip(pick(f"{base}-d2l-500", key), pick(f"{base}-500", key), strict=True)
+            ]
+            for key in ("class_il", "fwt_class_il")
+        )
         oracle = Counter()
         for r in rows:
             if r["experiment"] == f"{base}-d2l-500":
