@@ -19,6 +19,48 @@ def epoch_seed(run_seed: int, experience: int, epoch: int, stream: int = 0) -> i
     return ((run_seed * 1_000_003 + stream) * 10_007 + experience) * 100_003 + epoch
 
 
+class PoolOrder:
+    """Rows drawn from a pool (auxiliary images, dream samples) in a reshuffled order per pass.
+
+    Position ``p`` of an epoch's order is row ``perm_c[p mod n]`` of pass ``c = p // n``, where
+    ``perm_c`` is seeded by :func:`epoch_seed` with stream ``stream + c``: a pure function of
+    (run seed, experience, epoch, position), so an exact resume inside an experience draws the
+    same rows without saved state. Permutations are cached (a step spans at most two passes).
+    """
+
+    def __init__(self, stream: int) -> None:
+        self.stream = stream
+        self._perms: dict[tuple[int, int, int, int, int], torch.Tensor] = {}
+
+    def clear(self) -> None:
+        self._perms.clear()
+
+    def _permutation(
+        self, run_seed: int, experience: int, epoch: int, cycle: int, n: int
+    ) -> torch.Tensor:
+        key = (run_seed, experience, epoch, cycle, n)
+        if key not in self._perms:
+            seed = epoch_seed(run_seed, experience, epoch, stream=self.stream + cycle)
+            if len(self._perms) > 4:
+                self._perms.clear()
+            self._perms[key] = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        return self._perms[key]
+
+    def indices(
+        self, run_seed: int, experience: int, epoch: int, start: int, k: int, n: int
+    ) -> torch.Tensor:
+        """Rows at positions ``start..start+k-1`` of the epoch's order over ``n`` pool rows."""
+        out: list[torch.Tensor] = []
+        pos, left = start, k
+        while left > 0:
+            cycle, offset = divmod(pos, n)
+            take = min(left, n - offset)
+            perm = self._permutation(run_seed, experience, epoch, cycle, n)
+            out.append(perm[offset : offset + take])
+            pos, left = pos + take, left - take
+        return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
 class TensorBatchLoader:
     """Iterates ``{"x", "y", "t"}`` batches of one epoch (sized, for progress bars).
 

@@ -26,7 +26,7 @@ from cl_framework.engine.plugin import Batch, StrategyContext, StrategyPlugin
 from cl_framework.errors import ConfigError
 from cl_framework.scenarios import Experience, Split, available_sources
 from cl_framework.scenarios.auxiliary import AUXILIARY_PRESETS, load_auxiliary, match_input_shape
-from cl_framework.scenarios.loader import epoch_seed
+from cl_framework.scenarios.loader import PoolOrder
 from cl_framework.scenarios.sources import DataSource
 from cl_framework.strategies.registry import register_strategy
 
@@ -70,7 +70,7 @@ class AuxiliaryStream(StrategyPlugin):
         self.datasets = self._validate(cfg)
         self.sources: list[DataSource] = []
         self._pool: _Pool | None = None
-        self._perms: dict[tuple[int, int, int], torch.Tensor] = {}
+        self._order = PoolOrder(AUX_STREAM)
         self._n_real: dict[int, int] = {}
 
     # ------------------------------------------------------------ validation
@@ -242,7 +242,7 @@ class AuxiliaryStream(StrategyPlugin):
         if device is not None:
             x, y = x.to(device), y.to(device)
         self._pool = _Pool(key=key, x=x, heads=y)
-        self._perms.clear()
+        self._order.clear()
         return self._pool
 
     def rows_per_step(self, n_stream: int, n_pool: int) -> int:
@@ -260,29 +260,10 @@ class AuxiliaryStream(StrategyPlugin):
         n_real = self._n_real.get(index) or len(self.ctx.scenario[index].train)
         return n_pool / max(n_real, 1)
 
-    def _permutation(self, epoch: int, cycle: int, n: int) -> torch.Tensor:
-        key = (self.module.experience_index, epoch, cycle)
-        if key not in self._perms:
-            seed = epoch_seed(self._seed(), key[0], epoch, stream=AUX_STREAM + cycle)
-            if len(self._perms) > 4:  # a step spans at most two passes: keep the cache small
-                self._perms.clear()
-            self._perms[key] = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-        return self._perms[key]
-
     def indices(self, epoch: int, start: int, k: int, n: int) -> torch.Tensor:
-        """Positions ``start..start+k-1`` of the epoch's auxiliary order (reshuffled per pass).
-
-        A pure function of (run seed, experience, epoch, position): an exact resume inside an
-        experience draws the same rows without saved state.
-        """
-        out: list[torch.Tensor] = []
-        pos, left = start, k
-        while left > 0:
-            cycle, offset = divmod(pos, n)
-            take = min(left, n - offset)
-            out.append(self._permutation(epoch, cycle, n)[offset : offset + take])
-            pos, left = pos + take, left - take
-        return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+        """Positions ``start..start+k-1`` of the epoch's auxiliary order (reshuffled per pass;
+        exact on resume, see :class:`PoolOrder`)."""
+        return self._order.indices(self._seed(), self.module.experience_index, epoch, start, k, n)
 
     def prepare_batch(self, batch: Batch) -> Batch:
         pool = self.pool(batch.x_raw.device)

@@ -230,7 +230,7 @@ class WSCL(AuxiliaryStream):
         else:
             StrategyPlugin.__init__(self, cfg)
             self.datasets, self.sources, self._pool = [], [], None
-            self._perms, self._n_real = {}, {}
+            self._n_real = {}
         self.frozen_depth = 0
         self.freeze_x: torch.Tensor | None = None
         self.freeze_y: torch.Tensor | None = None

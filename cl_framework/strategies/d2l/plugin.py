@@ -42,7 +42,7 @@ from cl_framework.engine.plugin import Batch, StrategyContext, StrategyPlugin
 from cl_framework.errors import ConfigError
 from cl_framework.generators import ConditionalGenerator, load_generator
 from cl_framework.scenarios import Experience
-from cl_framework.scenarios.loader import epoch_seed
+from cl_framework.scenarios.loader import PoolOrder
 from cl_framework.strategies.d2l.dreaming import (
     DreamObjective,
     PromptSearch,
@@ -119,7 +119,7 @@ class Dream2Learn(StrategyPlugin):
         self.inventory = PromptInventory()
         self.episodes: list[dict[str, Any]] = []
         self._pool: _Pool | None = None
-        self._perms: dict[tuple[int, int, int], torch.Tensor] = {}
+        self._order = PoolOrder(DREAM_STREAM)
         self._center: torch.Tensor | None = None
 
     # ------------------------------------------------------------ validation
@@ -429,28 +429,12 @@ class Dream2Learn(StrategyPlugin):
         x = torch.cat(xs) if xs else torch.zeros(0, c, h, w, dtype=torch.uint8)
         y = torch.cat(ys) if ys else torch.zeros(0, dtype=torch.long)
         self._pool = _Pool(key=key, x=x.to(device), heads=y.to(device))
-        self._perms.clear()
+        self._order.clear()
         return self._pool
-
-    def _permutation(self, epoch: int, cycle: int, n: int) -> torch.Tensor:
-        key = (self.module.experience_index, epoch, cycle)
-        if key not in self._perms:
-            seed = epoch_seed(self._seed(), key[0], epoch, stream=DREAM_STREAM + cycle)
-            if len(self._perms) > 4:
-                self._perms.clear()
-            self._perms[key] = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-        return self._perms[key]
 
     def indices(self, epoch: int, start: int, k: int, n: int) -> torch.Tensor:
         """Positions ``start..start+k-1`` of the epoch's dream-row order (exact on resume)."""
-        out: list[torch.Tensor] = []
-        pos, left = start, k
-        while left > 0:
-            cycle, offset = divmod(pos, n)
-            take = min(left, n - offset)
-            out.append(self._permutation(epoch, cycle, n)[offset : offset + take])
-            pos, left = pos + take, left - take
-        return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+        return self._order.indices(self._seed(), self.module.experience_index, epoch, start, k, n)
 
     def prepare_batch(self, batch: Batch) -> Batch:
         if len(self.inventory) == 0 or self.cfg.dream_ratio == 0:
