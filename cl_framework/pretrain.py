@@ -35,6 +35,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from torch import nn
 
+from cl_framework.engine.runner import resolve_device
 from cl_framework.errors import CLFrameworkError, ConfigError
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -114,12 +115,6 @@ def validate_pretrain_config(cfg: Mapping[str, Any] | DictConfig) -> PretrainCon
     )
 
 
-def _device(accelerator: str) -> torch.device:
-    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda", 0)
-    return torch.device("cpu")
-
-
 @torch.no_grad()
 def evaluate_accuracy(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, to_float: Any, batch: int, device: Any
@@ -179,7 +174,7 @@ def pretrain(cfg: Mapping[str, Any] | DictConfig, data_dir: str | None = None) -
     backbone = build_backbone(pc.backbone, source.input_shape)
     head = nn.Linear(backbone.feature_dim, source.n_classes)
     model = nn.Sequential(backbone, head)
-    device = _device(pc.training.accelerator)
+    device = resolve_device(pc.training.accelerator)
     model.to(device)
     transform = BatchTransform(
         mean=source.mean if d.normalize else None,

@@ -32,6 +32,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from cl_framework.engine.runner import resolve_device
 from cl_framework.errors import CLFrameworkError, ConfigError
 from cl_framework.generators.tiny_diffusion import (
     TinyDiffusion,
@@ -123,12 +124,6 @@ def validate_generator_config(cfg: Mapping[str, Any] | DictConfig) -> GeneratorP
         sampling=sampling,
         output=output,
     )
-
-
-def _device(accelerator: str) -> torch.device:
-    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda", 0)
-    return torch.device("cpu")
 
 
 def _per_class(y: torch.Tensor, limit: int | None, n_classes: int) -> torch.Tensor:
@@ -238,7 +233,7 @@ def pretrain_generator(
         }
     )
     model_cfg.validate()
-    device = _device(pc.training.accelerator)
+    device = resolve_device(pc.training.accelerator)
     torch.manual_seed(pc.seed)
     model = TinyDiffusion(
         model_cfg,
