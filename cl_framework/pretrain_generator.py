@@ -165,7 +165,7 @@ def save_grid(images: torch.Tensor, nrow: int, path: Path, labels: list[str] | N
         ax.set_yticks([])
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 
