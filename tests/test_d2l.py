@@ -170,6 +170,13 @@ def test_feature_rule_oracle_decides_by_its_documented_rule():
     assert strict.decide(_stats(dream_prob=0.6), 3, 10) == ACCEPT
 
 
+def test_budget_oracle_never_stops_early():
+    oracle = build_oracle({"name": "budget"})
+    assert oracle.decide(_stats(), 3, 10) == CONTINUE
+    assert oracle.decide(_stats(compactness=0.999), 3, 10) == CONTINUE
+    assert oracle.decide(_stats(), 10, 10) == BUDGET
+
+
 def test_learned_oracle_fits_saves_loads_and_stops(tmp_path):
     # label "stop" when the dream head is confident: the learned oracle must find the rule
     gen = torch.Generator().manual_seed(0)
@@ -254,6 +261,36 @@ def test_gradient_reaches_the_prompt_only(built):
             < float(objective(start + step))
         )
     module.train()
+
+
+def test_interpolation_dreams_mix_two_classes_without_optimisation(built):
+    plugin = next(p for p in built.module.plugins if isinstance(p, Dream2Learn))
+    plugin.cfg.init = "interpolation"
+    try:
+        dream = plugin._new_dream(head=9, experience=0, gen=torch.Generator().manual_seed(3))
+    finally:
+        plugin.cfg.init = "generator_class"
+    table = plugin.generator.embedding.weight[:10]
+    a = table[dream.source_class]
+    # the prompt is the midpoint of the source class and exactly one other class
+    other = 2 * dream.prompt - a
+    assert sum(torch.allclose(other, e, atol=1e-6) for e in table) == 1
+    result = optimise_prompt(
+        built.module,
+        plugin.generator,
+        dream.prompt,
+        9,
+        torch.tensor([0, 1]),
+        torch.zeros(0),
+        torch.zeros(0),
+        FeatureRuleOracle(),
+        DreamObjective(),
+        PromptSearch(),
+        max_steps=0,
+        seed=0,
+        out_shape=(1, 28, 28),
+    )
+    assert result.steps == 0 and torch.equal(result.prompt, dream.prompt)
 
 
 # ----------------------------------------------------------------------------- inventory
@@ -391,7 +428,7 @@ def test_experiment_configs_compose_and_validate():
         ("strategy.d2l.dream_classes=0", "strategy.d2l.dream_classes"),
         ("strategy.d2l.extra_heads=2", "strategy.d2l.extra_heads"),
         ("strategy.d2l.init=zero", "strategy.d2l.init"),
-        ("strategy.d2l.search.max_steps=0", "strategy.d2l.search"),
+        ("strategy.d2l.search.max_steps=-1", "strategy.d2l.search"),
         ("+strategy.d2l.objective.beauty=1.0", "strategy.d2l.objective.beauty"),
         ("strategy.d2l.oracle.name=psychic", "strategy.d2l.oracle.name"),
         ("strategy.d2l.generator.path=/nonexistent/g.pt", "strategy.d2l.generator.path"),

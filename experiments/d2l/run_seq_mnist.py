@@ -30,6 +30,21 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 SEEDS = (0, 1, 2)
 PAIRS = {"erace": "ER-ACE", "derpp": "DER++"}
+#: Ablations of the paper (run after the main rows, ER-ACE base): name -> (label, overrides)
+ABLATIONS = {
+    "erace-d2l-interp-500": (
+        "ER-ACE + interpolation dreams (midpoint of two generator classes, no prompt search)",
+        [
+            "strategy.d2l.init=interpolation",
+            "strategy.d2l.search.max_steps=0",
+            "strategy.d2l.search.refresh_steps=0",
+        ],
+    ),
+    "erace-d2l-no-oracle-500": (
+        "ER-ACE + D2L without oracle (whole step budget)",
+        ["~strategy.d2l.oracle", "+strategy.d2l.oracle.name=budget"],
+    ),
+}
 BIN = Path(sys.executable).parent
 
 
@@ -53,13 +68,17 @@ def ensure_generator(output_dir: Path) -> Path:
 
 def run(name: str, seed: int, runs_dir: Path, generator: Path) -> dict:
     out = runs_dir / f"{name}-seed{seed}"
+    experiment, extra = name, []
+    if name in ABLATIONS:
+        experiment, extra = "erace-d2l-500", ABLATIONS[name][1]
     if not (out / "metrics.json").exists() or os.environ.get("FORCE") == "1":
         cmd = [
             str(BIN / "clf-train"),
-            f"experiment=seq-mnist/{name}",
+            f"experiment=seq-mnist/{experiment}",
             f"seed={seed}",
             f"hydra.run.dir={out}",
             "trainer.progress_bar=false",
+            *extra,
         ]
         if "d2l" in name:
             cmd.append(f"strategy.d2l.generator.path={generator}")
@@ -152,6 +171,15 @@ def main() -> None:
                 f"{mean_std(pick(exp, 'forgetting_class_il'))} | {wall:.1f} | "
                 f"{wall / base_wall:.1f}x | {dreaming} |"
             )
+    base_wall = statistics.fmean(pick("erace-500", "wall_time_s"))
+    for exp, (label, _) in ABLATIONS.items():
+        wall = statistics.fmean(pick(exp, "wall_time_s"))
+        lines.append(
+            f"| {label} | {mean_std(pick(exp, 'class_il'))} | "
+            f"{mean_std(pick(exp, 'fwt_class_il'))} | {mean_std(pick(exp, 'task_il'))} | "
+            f"{mean_std(pick(exp, 'forgetting_class_il'))} | {wall:.1f} | "
+            f"{wall / base_wall:.1f}x | {statistics.fmean(pick(exp, 'dream_seconds')):.0f} |"
+        )
     lines += ["", "Paired differences (D2L minus base, same seed):", ""]
     for base, label in PAIRS.items():
         d_acc, d_fwt = (

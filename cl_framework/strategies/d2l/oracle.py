@@ -9,6 +9,7 @@ How its stop/continue labels are obtained is not public. Ours:
   dream class is novel (its feature prototype is far from every seen class's), coherent (its
   samples cluster around the prototype), apart from the other dream classes and recognised by its
   head; it stops on **collapse** (samples nearly identical) and on the step budget.
+* :class:`BudgetOracle` (``oracle.name=budget``): no oracle, the whole step budget (ablation).
 * :class:`LearnedOracle` (``oracle.name=learned``): a small MLP over the same statistics that
   outputs P(stop), loaded from a ``weights_only`` file; :func:`fit_learned_oracle` trains one on
   the traces every run writes (``dreams/d2l.json``) with labels of the user's choosing.
@@ -151,6 +152,13 @@ class FeatureRuleOracle(Oracle):
         return BUDGET if step >= max_steps else CONTINUE
 
 
+class BudgetOracle(Oracle):
+    """No oracle (ablation): every prompt runs the whole step budget."""
+
+    def decide(self, stats: DreamStats, step: int, max_steps: int) -> str:
+        return BUDGET if step >= max_steps else CONTINUE
+
+
 class OracleNet(nn.Module):
     """MLP: :class:`DreamStats` vector (6) -> stop logit."""
 
@@ -232,6 +240,7 @@ OracleFactory = Callable[..., Oracle]
 _ORACLES: dict[str, OracleFactory] = {
     "feature_rule": FeatureRuleOracle,
     "learned": LearnedOracle,
+    "budget": BudgetOracle,
 }
 
 

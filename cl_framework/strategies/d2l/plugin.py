@@ -56,7 +56,7 @@ from cl_framework.strategies.registry import register_strategy
 log = logging.getLogger(__name__)
 
 OWNER = "d2l"
-INITS = ("generator_class", "seen_class", "random")
+INITS = ("generator_class", "seen_class", "random", "interpolation")
 NEXT_HEADS = ("most_activated_dream", "most_activated")
 #: Shuffle stream of the dream rows (apart from the runner's and the auxiliary stream's).
 DREAM_STREAM = 3_000
@@ -158,9 +158,10 @@ class Dream2Learn(StrategyPlugin):
             )
         objective = validate_node(cfg.objective, DreamObjective, f"{key}.objective")
         search = validate_node(cfg.search, PromptSearch, f"{key}.search")
-        if search.max_steps <= 0 or search.samples_per_step <= 0 or search.lr <= 0:
+        if search.max_steps < 0 or search.samples_per_step <= 0 or search.lr <= 0:
             raise ConfigError(
-                f"{key}.search", "max_steps, samples_per_step and lr must be positive"
+                f"{key}.search",
+                "samples_per_step and lr must be positive, max_steps >= 0 (0 = no optimisation)",
             )
         if search.refresh_steps < 0:
             raise ConfigError(f"{key}.search.refresh_steps", "must be >= 0")
@@ -180,10 +181,11 @@ class Dream2Learn(StrategyPlugin):
                 "use scenario.setting=class-il (task-IL accuracy is reported as well)",
             )
         generator = load_generator(self.cfg.generator, "cpu", key="strategy.d2l.generator")
-        if self.cfg.init == "generator_class" and generator.n_classes == 0:
+        if self.cfg.init in ("generator_class", "interpolation") and generator.n_classes < 2:
             raise ConfigError(
                 "strategy.d2l.init",
-                f"the {generator.backend} generator has no classes to start prompts from",
+                f"the {generator.backend} generator has {generator.n_classes} classes; "
+                f"init={self.cfg.init} needs at least 2 to start prompts from",
                 "use init=random, or give the generator class names",
             )
         if self.cfg.init == "seen_class" and generator.n_classes != ctx.scenario.n_classes:
@@ -309,14 +311,18 @@ class Dream2Learn(StrategyPlugin):
         source: int | None = None
         if self.cfg.init != "random":
             pool = (
-                range(generator.n_classes)
-                if self.cfg.init == "generator_class"
-                else self.ctx.heads.assigned.nonzero().squeeze(1).tolist()  # seen labels
+                self.ctx.heads.assigned.nonzero().squeeze(1).tolist()  # seen labels
+                if self.cfg.init == "seen_class"
+                else range(generator.n_classes)
             )
             used = {d.source_class for d in self.inventory}
             choices = [c for c in pool if c not in used] or list(pool)
             source = choices[int(torch.randint(len(choices), (1,), generator=gen))]
         prompt = generator.init_prompt(source, gen).cpu()
+        if self.cfg.init == "interpolation":  # the paper's ablation: a mix of two known classes
+            others = [c for c in range(generator.n_classes) if c != source]
+            other = others[int(torch.randint(len(others), (1,), generator=gen))]
+            prompt = 0.5 * (prompt + generator.init_prompt(other, gen).cpu())
         init_images = None
         if self.cfg.img2img and not self.buffer.is_empty:
             x = self.buffer.all(["x"])["x"]
