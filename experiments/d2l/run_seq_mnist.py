@@ -124,6 +124,7 @@ def main() -> None:
     jobs = [
         (f"{base}{suffix}-500", seed) for seed in SEEDS for base in PAIRS for suffix in ("", "-d2l")
     ]
+    jobs += [(name, seed) for name in ABLATIONS for seed in SEEDS]
     with ThreadPoolExecutor(int(os.environ.get("JOBS", "1"))) as pool:
         rows = list(pool.map(lambda j: run(j[0], j[1], runs_dir, generator), jobs))
     (HERE / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
