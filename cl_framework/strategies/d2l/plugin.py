@@ -263,7 +263,13 @@ class Dream2Learn(StrategyPlugin):
     # -------------------------------------------------------------- dreaming
     def after_experience(self, experience: Experience) -> None:
         if experience.index + 1 >= self.ctx.scenario.n_experiences:
-            return  # no experience left to transfer to
+            log.info(  # no experience left to transfer to: no episode, a summary
+                "d2l: %d dream episodes, %.1fs dreaming; %d dream classes retired by real ones",
+                len(self.episodes),
+                self.dream_seconds(),
+                len(self.inventory.retired),
+            )
+            return
         start = time.perf_counter()
         record: dict[str, Any] = {"after_experience": experience.index + 1, "dreams": []}
         heads = self.ctx.heads
