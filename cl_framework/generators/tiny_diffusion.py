@@ -28,7 +28,7 @@ from torch.utils.checkpoint import checkpoint
 
 from cl_framework.errors import ConfigError
 from cl_framework.generators import register_backend
-from cl_framework.generators.base import ConditionalGenerator, seeded_noise
+from cl_framework.generators.base import ConditionalGenerator, match_shape, seeded_noise
 
 FORMAT = "cl_framework.tiny_diffusion/1"
 
@@ -280,8 +280,6 @@ class TinyDiffusion(ConditionalGenerator):
             steps = self.timesteps()
             x = noise
         else:
-            from cl_framework.generators.base import match_shape
-
             steps = self.timesteps(self.img2img_strength)
             x0 = match_shape(init_images.to(device).float(), self.image_shape) * 2 - 1
             x0 = x0[torch.arange(n, device=device) % len(x0)]

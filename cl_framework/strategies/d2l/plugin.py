@@ -421,12 +421,15 @@ class Dream2Learn(StrategyPlugin):
 
     # -------------------------------------------------------------- training
     def pool(self, device: torch.device) -> _Pool:
-        """This experience's dream samples (regenerated from the inventory, cached)."""
+        """This experience's dream samples (regenerated from the inventory, cached).
+
+        Bindings change only in ``assign_heads`` and ``after_experience``, which drop the cache,
+        so the per-step check needs no head-manager lookup."""
         index = self.module.experience_index
-        bound, classes = self.ctx.heads.bindings(OWNER)
-        key = (index, tuple(bound.tolist()), tuple(classes.tolist()), str(device))
+        key = (index, str(device))
         if self._pool is not None and self._pool.key == key:
             return self._pool
+        bound, classes = self.ctx.heads.bindings(OWNER)
         xs, ys = [], []
         n = self.cfg.images_per_class
         for head, dream_id in zip(bound.tolist(), classes.tolist(), strict=True):
