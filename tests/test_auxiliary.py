@@ -3,6 +3,7 @@ evaluation over all heads, FWT after the mapping, exact resume of the mapping, c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -121,7 +122,10 @@ def _aux_overrides(data_dir: Path, *extra: str) -> list[str]:
 @pytest.mark.parametrize("dataset", ["future-seq-mnist", "future-seq-cifar10"])
 def test_experiment_configs_compose_and_validate(dataset):
     names = sorted(p.stem for p in (CONF_DIR / "experiment" / dataset).glob("[!_]*.yaml"))
-    assert names == ["derpp-200", "derpp-500", "derpp-aux-200", "derpp-aux-500"]
+    expected = ["derpp-200", "derpp-500", "derpp-aux-200", "derpp-aux-500"]
+    if dataset == "future-seq-mnist":  # + the related-auxiliary setting (MNIST halves)
+        expected = sorted([*expected, "derpp-half-500", "derpp-aux-half-500"])
+    assert names == expected
     for name in names:
         cfg = compose_config([f"experiment={dataset}/{name}"])
         rc = validate_run_config(cfg)
@@ -207,16 +211,28 @@ def test_auxiliary_rows_are_relabelled_to_their_free_heads(built):
     first = int((source.train_y == 7).nonzero()[0])
     row = int((pool.heads == 7).nonzero()[0])
     assert torch.equal(pool.x[row], source.train_x[first])  # class 7 -> head 7, same image
-    # prepare_batch appends ratio * n_stream rows after the stream rows, heads of free classes
+    # mixing=union (default, the reference's one loader): the experience's rows + every pool row
+    exp0 = runner.scenario[0]
+    union = plugin.train_data(exp0, exp0.train)
+    n_own = len(exp0.train)
+    assert union.n_own == n_own and len(union) == n_own + len(pool.heads)
+    assert bool((union.head[:n_own] == -1).all()) and torch.equal(union.head[n_own:], pool.heads)
+    assert torch.equal(union.x[:n_own], exp0.train.x) and torch.equal(union.x[n_own:], pool.x)
     x = torch.zeros(10, 1, 28, 28, dtype=torch.uint8)
     y = torch.zeros(10, dtype=torch.long)
     batch = Batch(x=x.float(), y=y, t=y, x_raw=x, n_stream=10)
-    out = plugin.prepare_batch(batch)
-    k = round(len(pool.heads) / len(runner.scenario[0].train) * 10)
-    assert out.n_stream == 10 and len(out.y) == 10 + k and k > 10
-    assert set(out.y[10:].tolist()) <= set(range(2, 10))
-    again = plugin.prepare_batch(batch)  # same position in the epoch: the same rows
-    assert torch.equal(again.y, out.y) and torch.equal(again.x, out.x)
+    assert plugin.prepare_batch(batch) is batch  # a union appends nothing per step
+    # mixing=append: ratio * n_stream rows after the stream rows, heads of free classes
+    plugin.cfg = dataclasses.replace(plugin.cfg, mixing="append")
+    try:
+        out = plugin.prepare_batch(batch)
+        k = round(len(pool.heads) / len(exp0.train) * 10)
+        assert out.n_stream == 10 and len(out.y) == 10 + k and k > 10
+        assert set(out.y[10:].tolist()) <= set(range(2, 10))
+        again = plugin.prepare_batch(batch)  # same position in the epoch: the same rows
+        assert torch.equal(again.y, out.y) and torch.equal(again.x, out.x)
+    finally:
+        plugin.cfg = dataclasses.replace(plugin.cfg, mixing="union")
 
 
 def test_class_il_evaluation_counts_auxiliary_head_predictions_as_errors(built):
@@ -257,7 +273,17 @@ def short_run(tmp_path_factory, real_data_dir):
         return row
 
     runner.evaluate = recording_evaluate
+    step_batch = runner.module.step_batch
+    own_rows: list[int] = []
+
+    def recording_step_batch(batch):
+        step = step_batch(batch)
+        own_rows.append(step.n_stream)
+        return step
+
+    runner.module.step_batch = recording_step_batch
     result = runner.run()
+    runner.module.own_rows = own_rows
     return cfg, runner, result, records
 
 
@@ -266,8 +292,11 @@ def test_auxiliary_samples_never_enter_the_buffer(short_run):
     buffer = runner.module.buffer
     n_steps = runner.module.step_count
     assert n_steps == 5 * LIMIT
-    # only the 10 stream rows of each step were offered (not the ~30 auxiliary rows)
-    assert buffer.num_seen == n_steps * 10
+    # batches of 10 drawn from the union of MNIST + bound Fashion-MNIST rows: only the MNIST
+    # rows of each step were offered (experience 0 is ~20 % MNIST, experience 4 all MNIST)
+    own = runner.module.own_rows
+    assert len(own) == n_steps and buffer.num_seen == sum(own)
+    assert sum(own[:LIMIT]) < LIMIT * 5 and own[-LIMIT:] == [10] * LIMIT
     stored = buffer.all(["x", "y", "logits"])
     assert stored["logits"].shape[1] == runner.module.heads.n_heads  # logits over all heads
     real = {}
@@ -348,6 +377,7 @@ def test_composes_with_er_and_er_ace_without_storing_auxiliary_rows(base, tmp_pa
             f"strategy=[{base},auxiliary]",
             "strategy.auxiliary.dataset=fashion-mnist",
             "strategy.auxiliary.aux_batch_size=7",
+            "strategy.auxiliary.mixing=append",
             f"paths.data_dir={real_data_dir}",
             "trainer.limit_train_batches=3",
             "trainer.epochs=1",

@@ -86,6 +86,7 @@ class CLModule(pl.LightningModule):
         self.backbone = backbone
         self.heads = heads
         self.head = nn.Linear(backbone.feature_dim, heads.n_heads)
+        backbone.init_head(self.head)
         self.plugins = nn.ModuleList(plugins)
         self.optimizer_config = optimizer
         self.transform = transform
@@ -189,11 +190,30 @@ class CLModule(pl.LightningModule):
             return total
         return self._train_one(batch)
 
+    def step_batch(self, batch: Mapping[str, torch.Tensor]) -> Batch:
+        """The loader's rows as a :class:`Batch`: labels mapped to heads, rows augmented.
+
+        A batch of a split with foreign rows (``"h"``: auxiliary / dream images with a fixed
+        head) is reordered so that the experience's own rows come first: they are the batch's
+        stream rows (``n_stream``, offered to the buffer), the foreign rows follow as appended
+        rows. Every row is augmented together, as one batch of the reference codes' union.
+        """
+        x_raw, y, t = batch["x"], batch["y"], batch["t"]
+        foreign = batch.get("h")
+        if foreign is None:
+            y = self.heads.map(y)
+            return Batch(x=self.transform.train(x_raw), y=y, t=t, x_raw=x_raw, n_stream=len(y))
+        own = foreign < 0
+        order = torch.argsort((~own).to(torch.uint8), stable=True)
+        n = int(own.sum())
+        heads = torch.where(own, self.heads.map(y.clamp_min(0)), foreign)[order]
+        x_all = x_raw[order]
+        return Batch(
+            x=self.transform.train(x_all), y=heads, t=t[order], x_raw=x_all[:n], n_stream=n
+        )
+
     def _train_one(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        x_raw = batch["x"]
-        y = self.heads.map(batch["y"])
-        t = batch["t"]
-        step = Batch(x=self.transform.train(x_raw), y=y, t=t, x_raw=x_raw, n_stream=len(y))
+        step = self.step_batch(batch)
         for plugin in self._hooks["prepare_batch"]:
             step = plugin.prepare_batch(step)
         out = self.run_forward(step.x, ROLE_STREAM)
@@ -234,7 +254,7 @@ class CLModule(pl.LightningModule):
 
         if self.uses_buffer:
             n = step.n_stream
-            fields = {"x": x_raw, "y": y, "t": t}
+            fields = {"x": step.x_raw, "y": step.y, "t": step.t}
             for plugin in self._hooks["buffer_fields"]:
                 fields.update(plugin.buffer_fields(step, out))
             rows = {k: v[:n].detach() for k, v in fields.items()}

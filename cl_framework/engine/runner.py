@@ -189,6 +189,7 @@ class ContinualRunner:
             rank=self.rank,
             world_size=self.world_size,
             steps_per_batch=self.trainer_cfg.steps_per_batch,
+            head=split.head,
         )
 
     def fit(

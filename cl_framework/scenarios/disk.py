@@ -410,7 +410,7 @@ class DiskBatchLoader(TensorBatchLoader):
         indices = list(self.batch_indices())
         decoded = decode_batches(self.x, indices, self.num_workers, self.pin_memory)  # type: ignore[arg-type]
         for idx, x in zip(indices, decoded, strict=True):
-            yield {"x": x, "y": self.y[idx], "t": self.t[idx]}
+            yield self.labels_of(idx) | {"x": x}
 
 
 def batch_loader(

@@ -65,6 +65,8 @@ class TensorBatchLoader:
     """Iterates ``{"x", "y", "t"}`` batches of one epoch (sized, for progress bars).
 
     ``max_batches`` caps the epoch (debug runs); ``skip_batches`` starts inside it (resume).
+    With ``head`` (a split with foreign rows, see :class:`~cl_framework.scenarios.Split`)
+    batches also carry ``"h"``.
     """
 
     def __init__(
@@ -81,12 +83,16 @@ class TensorBatchLoader:
         rank: int = 0,
         world_size: int = 1,
         steps_per_batch: int = 1,
+        head: torch.Tensor | None = None,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if not len(x) == len(y) == len(t):
             raise ValueError(f"x, y, t have {len(x)}, {len(y)}, {len(t)} rows")
+        if head is not None and len(head) != len(y):
+            raise ValueError(f"head has {len(head)} rows, y {len(y)}")
         self.x, self.y, self.t = x, y, t.long()
+        self.head = head
         self.batch_size = batch_size
         self.seed = seed
         self.shuffle = shuffle
@@ -132,7 +138,14 @@ class TensorBatchLoader:
     def batches(self) -> Iterator[dict[str, torch.Tensor]]:
         """The epoch's mini-batches one by one (after ``skip_batches``)."""
         for idx in self.batch_indices():
-            yield {"x": self.x[idx], "y": self.y[idx], "t": self.t[idx]}
+            yield self.labels_of(idx) | {"x": self.x[idx]}
+
+    def labels_of(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The label fields of rows ``idx`` (``y``, ``t`` and, with foreign rows, ``h``)."""
+        out = {"y": self.y[idx], "t": self.t[idx]}
+        if self.head is not None:
+            out["h"] = self.head[idx]
+        return out
 
     def batch_indices(self) -> Iterator[torch.Tensor]:
         """Row indices of each mini-batch this epoch still yields, in order (the shuffle is a

@@ -12,6 +12,11 @@ Images are resized bilinearly (antialiased) and converted 1 <-> 3 channels by
 ``max_train_per_class`` / ``max_test_per_class`` keep a seeded random subset of each class
 *before* resizing (quick CPU runs; the subset depends only on ``subset_seed``, not on the run
 seed, so every strategy and seed sees the same images).
+
+``train_fold: [k, n]`` keeps fold ``k`` of ``n`` disjoint, class-stratified folds of the
+training set (seeded by ``subset_seed``): e.g. a benchmark on fold 0 of MNIST and an auxiliary
+stream on fold 1 see the same classes but never the same image (the auxiliary-stream
+experiment with related auxiliary data, ``experiments/auxiliary``). The test split is kept.
 """
 
 from __future__ import annotations
@@ -30,8 +35,8 @@ from cl_framework.scenarios.sources import DataSource, load_source, register_sou
 KEY = "scenario.source_options"
 
 
-def per_class_subset(y: torch.Tensor, per_class: int, seed: int) -> torch.Tensor:
-    """Sorted indices of at most ``per_class`` rows of every label, chosen uniformly."""
+def _ranks_within_class(y: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded order of the rows and each ordered row's rank among the rows of its label."""
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
     shuffled = y[order]
     by_label = torch.argsort(shuffled, stable=True)
@@ -39,7 +44,39 @@ def per_class_subset(y: torch.Tensor, per_class: int, seed: int) -> torch.Tensor
     first = torch.searchsorted(sorted_labels, sorted_labels, right=False)
     rank = torch.empty_like(y)
     rank[by_label] = torch.arange(len(y)) - first
+    return order, rank
+
+
+def per_class_subset(y: torch.Tensor, per_class: int, seed: int) -> torch.Tensor:
+    """Sorted indices of at most ``per_class`` rows of every label, chosen uniformly."""
+    order, rank = _ranks_within_class(y, seed)
     return order[rank < per_class].sort().values
+
+
+def per_class_fold(y: torch.Tensor, fold: int, n_folds: int, seed: int) -> torch.Tensor:
+    """Sorted indices of fold ``fold`` of ``n_folds`` disjoint folds, stratified by label."""
+    order, rank = _ranks_within_class(y, seed)
+    return order[rank % n_folds == fold].sort().values
+
+
+def _fold(value: Any) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    ok = (
+        isinstance(value, Sequence)
+        and not isinstance(value, str)
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        and value[1] >= 2
+        and 0 <= value[0] < value[1]
+    )
+    if not ok:
+        raise ConfigError(
+            f"{KEY}.train_fold",
+            f"must be [k, n] with n >= 2 and 0 <= k < n, got {value!r}",
+            "e.g. [0, 2] for the first half of every class",
+        )
+    return int(value[0]), int(value[1])
 
 
 def _size(size: int | Sequence[int] | None) -> tuple[int, int] | None:
@@ -65,6 +102,7 @@ def load_resized(
     max_train_per_class: int | None = None,
     max_test_per_class: int | None = None,
     subset_seed: int = 0,
+    train_fold: Sequence[int] | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
 ) -> DataSource:
@@ -87,7 +125,11 @@ def load_resized(
             isinstance(value, bool) or not isinstance(value, int) or value < 1
         ):
             raise ConfigError(f"{KEY}.{key}", f"must be a positive int or null, got {value!r}")
+    fold = _fold(train_fold)
     source = load_source(base, data_dir, **dict(base_options or {}))
+    if fold is not None:
+        keep = per_class_fold(source.train_y, fold[0], fold[1], subset_seed * 2 + 7)
+        source = replace(source, train_x=source.train_x[keep], train_y=source.train_y[keep])
     parts: dict[str, torch.Tensor] = {}
     for split, limit, offset in (
         ("train", max_train_per_class, 0),

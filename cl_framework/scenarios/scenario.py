@@ -30,23 +30,53 @@ SETTINGS = ("class-il", "task-il", "domain-il")
 
 @dataclass(frozen=True, eq=False)
 class Split:
-    """Images (uint8), remapped int64 labels and, optionally, per-row task labels.
+    """Images (uint8), remapped int64 labels and, optionally, per-row task labels and heads.
 
     ``t`` is None when every row belongs to the experience that owns the split (the usual
     case); splits that mix experiences (joint training) carry one task label per row. ``x`` is
     a tensor, or :class:`~cl_framework.scenarios.disk.ImageFiles` when the source streams from
     disk (``scenario.storage``): rows index lazily, batches are decoded by the loaders.
+
+    ``head`` is None unless the split also holds *foreign* rows: images that are not the
+    benchmark's (auxiliary or dream classes) and train a fixed output head. Such a split is
+    shuffled as one union, as the reference codes of the auxiliary stream and of WSCL do (their
+    single loader over real + auxiliary images). ``head[i] >= 0`` marks a foreign row and its
+    head (its ``y`` is ignored); ``-1`` marks the experience's own rows, whose ``y`` is mapped
+    to heads by the head manager. Only own rows are offered to the replay buffer.
     """
 
     x: torch.Tensor | ImageFiles = field(repr=False)
     y: torch.Tensor = field(repr=False)
     t: torch.Tensor | None = field(default=None, repr=False)
+    head: torch.Tensor | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if len(self.x) != len(self.y):
             raise ValueError(f"Split: {len(self.x)} images but {len(self.y)} labels")
         if self.t is not None and len(self.t) != len(self.y):
             raise ValueError(f"Split: {len(self.t)} task labels but {len(self.y)} labels")
+        if self.head is not None and len(self.head) != len(self.y):
+            raise ValueError(f"Split: {len(self.head)} head entries but {len(self.y)} labels")
+
+    def with_foreign_rows(self, x: torch.Tensor, heads: torch.Tensor) -> Split:
+        """This split plus foreign rows ``x`` training ``heads`` (one union to shuffle)."""
+        if not isinstance(self.x, torch.Tensor):
+            raise TypeError("foreign rows need the split's images in memory (not streamed)")
+        if len(x) != len(heads):
+            raise ValueError(f"{len(x)} foreign images but {len(heads)} heads")
+        if self.t is not None:
+            raise ValueError("foreign rows join splits of one experience (per-row t is None)")
+        own = self.head if self.head is not None else torch.full((len(self),), -1)
+        return Split(
+            x=torch.cat([self.x, x.to(self.x.dtype)]),
+            y=torch.cat([self.y, torch.full((len(x),), -1, dtype=self.y.dtype)]),
+            head=torch.cat([own.long(), heads.long().cpu()]),
+        )
+
+    @property
+    def n_own(self) -> int:
+        """Rows of the experience itself (all rows unless foreign rows were added)."""
+        return len(self) if self.head is None else int((self.head < 0).sum())
 
     def task_labels(self, default: int) -> torch.Tensor:
         """Per-row task labels: ``t`` if present, else ``default`` for every row."""

@@ -5,10 +5,14 @@ The output layer has one head per benchmark class (+ ``add_aux_classes``). At st
 head is free and is bound to a class of the auxiliary dataset (drawn at random with the run
 seed, or in order when the counts match). Each experience's classes are assigned to free heads
 before the experience is first evaluated: experience 0 to the lowest heads, later ones by the
-greedy most-activated rule (or at random). Each training step appends auxiliary rows of the
-classes still bound to free heads, relabelled to those heads; they share the base method's
-cross-entropy, and never enter the replay buffer (only stream rows are offered to it). See
-``docs/auxiliary.md`` for the method, every key and the choices made where the paper is silent.
+greedy most-activated rule (or at random). The auxiliary images of the classes still bound to
+free heads, relabelled to those heads, train with the experience's data: by default
+(``mixing: union``) as one shuffled union with the experience's training images, as the
+reference code's single loader does, so an epoch has more (mixed) steps; or
+(``mixing: append``) as rows appended to every stream batch. They share the base method's
+cross-entropy, and never enter the replay buffer (only the experience's rows are offered to
+it). See ``docs/auxiliary.md`` for the method, every key and the choices made where the
+paper is silent.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ log = logging.getLogger(__name__)
 
 OWNER = "auxiliary"
 NEXT_HEADS = ("most_activated", "random")
+MIXING = ("union", "append")
 #: Shuffle streams of the auxiliary sampling (stream + cycle), apart from the runner's 0 and 1.
 AUX_STREAM = 1_000
 #: Seed offsets of the class draw and of random head assignment (mixed with the run seed).
@@ -64,6 +69,7 @@ class AuxiliaryStream(StrategyPlugin):
         aux_batch_size: int | None = None
         aux_ratio: Any = "dataset"
         assign_batch_size: int = 1000
+        mixing: str = "union"
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
@@ -112,6 +118,19 @@ class AuxiliaryStream(StrategyPlugin):
             )
         if cfg.assign_batch_size <= 0:
             raise ConfigError(f"{key}.assign_batch_size", "must be positive")
+        if cfg.mixing not in MIXING:
+            raise ConfigError(
+                f"{key}.mixing",
+                f"unknown '{cfg.mixing}'",
+                "union (one shuffled loader over real + auxiliary images, as the reference "
+                "code) or append (auxiliary rows appended to every stream batch)",
+            )
+        if cfg.mixing == "union" and cfg.aux_batch_size is not None:
+            raise ConfigError(
+                f"{key}.aux_batch_size",
+                "only applies to mixing=append (a union has no per-step auxiliary count)",
+                "set strategy.auxiliary.mixing=append, or size the union with aux_ratio",
+            )
         return list(names)
 
     def extra_heads(self) -> int:
@@ -133,6 +152,13 @@ class AuxiliaryStream(StrategyPlugin):
                 "strategy.auxiliary.dataset",
                 f"lists {len(self.datasets)} datasets for {scenario.n_experiences} experiences",
                 "give one dataset for the run or exactly one per experience",
+            )
+        if self.cfg.mixing == "union" and not isinstance(scenario[0].train.x, torch.Tensor):
+            raise ConfigError(
+                f"strategy.{self.name}.mixing",
+                "a union needs the benchmark's images in memory, but this scenario streams them "
+                "from disk",
+                f"set strategy.{self.name}.mixing=append, or scenario.storage=memory",
             )
         self.sources = [self._load(name, ctx) for name in dict.fromkeys(self.datasets)]
         by_name = dict(zip(dict.fromkeys(self.datasets), self.sources, strict=True))
@@ -225,8 +251,28 @@ class AuxiliaryStream(StrategyPlugin):
 
     # ------------------------------------------------------------- training
     def train_data(self, experience: Experience, split: Split) -> Split:
-        self._n_real[experience.index] = len(split)
-        return split
+        self._n_real[experience.index] = split.n_own
+        if self.cfg.mixing != "union":
+            return split
+        return self.union(split)
+
+    def union(self, split: Split) -> Split:
+        """``split`` plus the auxiliary rows of the classes bound to free heads, one union.
+
+        ``aux_ratio: dataset`` adds every bound auxiliary image (the reference code); a number
+        ``r`` adds ``round(r * own rows)`` of them, drawn without replacement (seeded by the
+        run seed and the experience, a new draw per experience).
+        """
+        pool = self.pool()
+        n_pool = len(pool.heads)
+        if n_pool == 0:
+            return split
+        idx = None
+        if self.cfg.aux_ratio != "dataset":
+            k = min(n_pool, round(float(self.cfg.aux_ratio) * split.n_own))
+            idx = self.indices(0, 0, k, n_pool)
+        x, heads = (pool.x, pool.heads) if idx is None else (pool.x[idx], pool.heads[idx])
+        return split.with_foreign_rows(x, heads)
 
     def pool(self, device: torch.device | None = None) -> _Pool:
         """The current experience's auxiliary images (bound classes only), cached."""
@@ -266,6 +312,8 @@ class AuxiliaryStream(StrategyPlugin):
         return self._order.indices(self._seed(), self.module.experience_index, epoch, start, k, n)
 
     def prepare_batch(self, batch: Batch) -> Batch:
+        if self.cfg.mixing == "union":
+            return batch
         pool = self.pool(batch.x_raw.device)
         n_pool = len(pool.heads)
         k = self.rows_per_step(batch.n_stream, n_pool)

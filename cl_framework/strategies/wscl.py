@@ -319,12 +319,15 @@ class WSCL(AuxiliaryStream):
         self.freeze_x, self.freeze_y = freeze.x.clone(), freeze.y.clone()
 
     def train_data(self, experience: Experience, split: Split) -> Split:
-        if self.cfg.dream:
-            split = super().train_data(experience, split)
         if self.cfg.freezing and self._train is not None and split is experience.train:
-            self._n_real[experience.index] = len(self._train)
-            return self._train
-        return split
+            split = self._train  # the held-out slices leave the training data
+        self._n_real[experience.index] = split.n_own
+        return self._with_dreams(split)
+
+    def _with_dreams(self, split: Split) -> Split:
+        """``split`` plus the dream rows when they train jointly as one union (reference)."""
+        joint = self.cfg.dream and self.cfg.dream_stage == "joint"
+        return self.union(split) if joint and self.cfg.mixing == "union" else split
 
     def score(self, candidate: CLModule) -> float:
         """Mean of the CE on the current held-out slice and on the previous freezing buffer."""
@@ -335,17 +338,27 @@ class WSCL(AuxiliaryStream):
             losses.append(_loss_on(candidate, Split(x=self.freeze_x, y=self.freeze_y)))
         return float(sum(losses) / len(losses)) if losses else 0.0
 
-    def train_candidate(self, candidate: CLModule, experience: Experience) -> None:
-        """One epoch of ``candidate`` on the experience's (reduced) training data."""
+    def train_candidate(
+        self, candidate: CLModule, experience: Experience, split: Split | None = None
+    ) -> None:
+        """One epoch of ``candidate`` on the experience's (reduced) training data (``split``:
+        that data with its dream rows, built once for all candidates)."""
         assert self._train is not None
         self._wscl_runner.fit(
-            self._train, experience.task_label, epochs=1, module=candidate, stream=CANDIDATE_STREAM
+            split if split is not None else self._train,
+            experience.task_label,
+            epochs=1,
+            module=candidate,
+            stream=CANDIDATE_STREAM,
         )
 
     def _select_freezing(self, experience: Experience) -> None:
         module = self.module
         depths = candidate_depths(self.frozen_depth, self.cfg.max_candidates)
         self._pool = None  # candidates rebuild the dream pool instead of copying it
+        assert self._train is not None
+        trial = self._with_dreams(self._train)  # the same batches for every candidate
+        self._pool = None
         best: CLModule | None = None
         best_loss, losses = float("inf"), []
         for depth in depths:
@@ -353,7 +366,7 @@ class WSCL(AuxiliaryStream):
             plugin = next(p for p in candidate.plugins if isinstance(p, WSCL))
             plugin.frozen_depth = depth
             apply_freezing(candidate.backbone, depth)
-            self.train_candidate(candidate, experience)
+            self.train_candidate(candidate, experience, trial)
             loss = self.score(candidate)
             losses.append(loss)
             log.info("wscl candidate depth %d (%s): loss %.4f", depth, frozen_units(depth), loss)
