@@ -173,6 +173,7 @@ def pretrain(cfg: Mapping[str, Any] | DictConfig, data_dir: str | None = None) -
     torch.manual_seed(pc.seed)  # model initialisation (layers use the default generator)
     backbone = build_backbone(pc.backbone, source.input_shape)
     head = nn.Linear(backbone.feature_dim, source.n_classes)
+    backbone.init_head(head)
     model = nn.Sequential(backbone, head)
     device = resolve_device(pc.training.accelerator)
     model.to(device)

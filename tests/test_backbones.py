@@ -312,3 +312,24 @@ def test_timm_checkpoint_round_trip(tmp_path: Path) -> None:
     torch.save({"foo.weight": torch.zeros(3)}, unrelated)
     with pytest.raises(ConfigError, match=r"unrelated.pt.*matches"):
         build_backbone({"name": "timm:resnet10t", "checkpoint_path": str(unrelated)}, CIFAR)
+
+
+def test_mlp_output_head_is_initialised_like_mammoths_classifier():
+    """Mammoth's MNISTMLP applies xavier to its classifier too: zero bias, xavier-uniform
+    weights (PyTorch's default Linear init has a non-zero bias and a bound of 1/sqrt(fan_in))."""
+    from cl_framework.engine.heads import HeadManager
+    from cl_framework.engine.module import CLModule
+    from cl_framework.engine.optim import OptimizerConfig
+    from cl_framework.scenarios.transforms import BatchTransform
+
+    torch.manual_seed(0)
+    backbone = build_backbone({"name": "mlp"}, (1, 28, 28))
+    heads = HeadManager(10)
+    module = CLModule(
+        backbone, heads, [], OptimizerConfig(), BatchTransform(), torch.ones(1, 10, dtype=bool)
+    )
+    weight, bias = module.head.weight, module.head.bias
+    bound = (6 / (100 + 10)) ** 0.5
+    assert torch.count_nonzero(bias) == 0
+    assert float(weight.abs().max()) <= bound
+    assert float(weight.abs().max()) > 0.8 * bound  # uses the xavier range, not 1/sqrt(100)

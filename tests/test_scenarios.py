@@ -441,3 +441,23 @@ def test_both_spec_forms_agree(digits: DataSource) -> None:
     assert [e.classes for e in both] == [
         e.classes for e in build_scenario(digits, name="d", n_experiences=5)
     ]
+
+
+def test_train_folds_are_disjoint_stratified_and_cover_the_training_set(real_data_dir):
+    """``resized`` with ``train_fold``: the auxiliary experiment's benchmark and auxiliary
+    halves of MNIST share no image, split every class evenly, and keep the whole test set."""
+    from cl_framework.scenarios.resized import per_class_fold
+
+    whole = load_source("mnist", real_data_dir, download=False)
+    folds = [per_class_fold(whole.train_y, k, 2, seed=7) for k in (0, 1)]
+    assert not set(folds[0].tolist()) & set(folds[1].tolist())
+    assert sorted(folds[0].tolist() + folds[1].tolist()) == list(range(len(whole.train_y)))
+    counts = torch.bincount(whole.train_y, minlength=10)
+    for k in (0, 1):
+        half = load_source("resized", real_data_dir, base="mnist", train_fold=[k, 2])
+        assert torch.equal(half.train_x, whole.train_x[folds[k]])
+        assert torch.equal(half.test_y, whole.test_y)
+        per_class = torch.bincount(half.train_y, minlength=10)
+        assert bool(((per_class - counts / 2).abs() <= 0.5).all())
+    with pytest.raises(ConfigError, match=r"scenario\.source_options\.train_fold"):
+        load_source("resized", real_data_dir, base="mnist", train_fold=[2, 2])

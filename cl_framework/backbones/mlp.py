@@ -19,9 +19,10 @@ from .taps import Backbone, TapContext
 class MLP(Backbone):
     """flatten -> [Linear(., hidden) -> ReLU] * n_layers; taps ``fc1``.. are pre-activation.
 
-    Initialisation follows Mammoth's ``xavier`` (applied by ``MNISTMLP.reset_parameters``):
-    xavier-uniform weights with gain 1 and zero biases, not PyTorch's default Linear init, so
-    results are comparable with the published DER/Mammoth numbers.
+    Initialisation follows Mammoth's ``xavier`` (applied by ``MNISTMLP.reset_parameters`` to
+    the hidden layers *and* the classifier, see :meth:`init_head`): xavier-uniform weights with
+    gain 1 and zero biases, not PyTorch's default Linear init, so results are comparable with
+    the published DER/Mammoth numbers.
     """
 
     def __init__(
@@ -44,6 +45,11 @@ class MLP(Backbone):
         for layer in self.layers:
             nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)
+
+    def init_head(self, head: nn.Linear) -> None:
+        """Mammoth's ``MNISTMLP`` applies ``xavier`` to its classifier too."""
+        nn.init.xavier_uniform_(head.weight)
+        nn.init.zeros_(head.bias)
 
     def forward(self, x: torch.Tensor, taps: TapContext | None = None) -> torch.Tensor:
         x = x.flatten(1)

@@ -89,6 +89,10 @@ class Backbone(nn.Module):
     def forward(self, x: torch.Tensor, taps: TapContext | None = None) -> torch.Tensor:
         raise NotImplementedError
 
+    def init_head(self, head: nn.Linear) -> None:
+        """Initialise the engine's output layer as the reference network initialises its
+        classifier (default: PyTorch's ``nn.Linear`` init, as Mammoth's ResNets keep)."""
+
     def tap(self, name: str, x: torch.Tensor, taps: TapContext | None) -> torch.Tensor:
         """Apply ``taps.modifiers[name]`` if any, record the result if asked, return it.
 
