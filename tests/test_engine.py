@@ -114,6 +114,13 @@ def test_er_ace_logit_mask_follows_mammoth_rule(make_config, tmp_path):
     mask = plugin.logit_mask(batch)
     # present classes {2, 3}, largest seen 3 -> heads 2..9 visible, 0 and 1 masked
     assert mask.tolist() == [False, False] + [True] * 8
+    # once the last head was seen (a dream / auxiliary row on head 9), Mammoth keeps only the
+    # present heads: `if seen_so_far.max() < num_classes - 1` opens no columns
+    last = Batch(x=torch.zeros(1, 1), y=torch.tensor([9]), t=torch.tensor([4]),
+                 x_raw=torch.zeros(1, 1), n_stream=1)  # fmt: skip
+    plugin.logit_mask(last)
+    mask = plugin.logit_mask(batch)
+    assert mask.tolist() == [False, False, True, True] + [False] * 6
 
 
 def test_head_manager_mapping_and_task_masks():

@@ -2,7 +2,9 @@
 
 Mammoth's ``er_ace``: from the second experience on, the stream cross-entropy only sees the
 logits of classes present in the current batch plus every class index >= the largest class
-seen so far; replay rows get an ordinary cross-entropy as a separate term.
+seen so far, unless that class is the last head (then only the present ones: Mammoth's
+``if seen_so_far.max() < num_classes - 1``, which matters when dream or auxiliary rows reach the
+last head early); replay rows get an ordinary cross-entropy as a separate term.
 """
 
 from __future__ import annotations
@@ -39,10 +41,11 @@ class ERACE(RehearsalPlugin):
         seen |= present
         if self.module.experience_index == 0:
             return None
-        # every head from the largest seen index upwards stays visible (no host sync)
+        # every head from the largest seen index upwards stays visible, unless the largest is
+        # the last head (no host sync)
         idx = torch.arange(n_heads, device=seen.device)
         largest = torch.where(seen, idx, torch.zeros_like(idx)).max()
-        return present | (idx >= largest)
+        return present | ((idx >= largest) & (largest < n_heads - 1))
 
     def loss_terms(self, batch: Batch, out: ForwardOutput) -> Mapping[str, torch.Tensor]:
         if self.module.experience_index == 0:
