@@ -36,6 +36,7 @@ from cl_framework.scenarios import (
     load_unused_classes,
     tinyimagenet,
 )
+from cl_framework.scenarios.auxiliary import match_input_shape
 from cl_framework.scenarios.domains import PixelPermutation, Rotation, rotate_uint8
 from cl_framework.scenarios.imagenet import SHIPPED_CLASS_LISTS, read_class_list
 from cl_framework.scenarios.sources import (
@@ -492,7 +493,7 @@ def test_svhn_mat_files_and_extra_cap(tmp_path: Path) -> None:
     assert torch.equal(
         aux.train_x[0], torch.from_numpy(arrays["extra"][0][..., 0].transpose(2, 0, 1).copy())
     )
-    small = load_auxiliary("svhn", tmp_path, resize_to=(28, 28), channels=1, download=False)
+    small = load_auxiliary("svhn", tmp_path, resize_to=(28, 28), to_channels=1, download=False)
     assert small.train_x.shape == (30, 1, 28, 28) and small.train_x.dtype == torch.uint8
     assert len(small.mean) == 1
     with pytest.raises(DataError, match=re.escape("extra_32x32.mat")) as info:
@@ -644,3 +645,24 @@ def test_perm_mnist_runs_end_to_end(make_config, tmp_path, mnist_dir) -> None:
     assert result.class_il[1, 0] > 60.0  # replay keeps the first permutation (chance: 10)
     # the second domain really is another input distribution: no transfer before training it
     assert result.class_il[0, 1] < 30.0
+
+
+def test_auxiliary_options_reach_the_source_and_expand_channels(mnist_dir: Path) -> None:
+    """``channels`` / ``size`` in the options go to the source (``resized``), and a 1 -> 3
+    channel conversion without resizing copies the channel (it used to round a stride-0 view in
+    place and crash)."""
+    aux = load_auxiliary(
+        "resized",
+        mnist_dir,
+        base="mnist",
+        base_options={"download": False},
+        size=32,
+        channels=3,
+        max_train_per_class=3,
+        max_test_per_class=1,
+    )
+    assert aux.train_x.shape == (30, 3, 32, 32) and len(aux.mean) == 3
+    gray = load_source("mnist", mnist_dir, download=False)
+    rgb = match_input_shape(gray, None, 3)
+    assert rgb.train_x.shape == (60000, 3, 28, 28) and len(rgb.mean) == 3
+    assert torch.equal(rgb.train_x[:5, 2], gray.train_x[:5, 0])

@@ -52,7 +52,7 @@ def load_auxiliary(
     data_dir: str | Path,
     *,
     resize_to: tuple[int, int] | None = None,
-    channels: int | None = None,
+    to_channels: int | None = None,
     key: str = "auxiliary.name",
     **options: Any,
 ) -> DataSource:
@@ -61,8 +61,9 @@ def load_auxiliary(
     ``name``: a preset of :data:`AUXILIARY_PRESETS` or any registered source (``mnist``,
     ``fashion-mnist``, ``svhn``, ``imagefolder``, ...). ``options`` are the source's options
     (they override the preset's), including the generic ``classes`` / ``exclude_classes``.
-    ``resize_to`` = (H, W) and ``channels`` (1 or 3) bring the images to the benchmark's input
-    shape, e.g. SVHN for Seq-MNIST: ``resize_to=(28, 28), channels=1``; sources that decode
+    ``resize_to`` = (H, W) and ``to_channels`` (1 or 3) bring the images to the benchmark's input
+    shape, e.g. SVHN for Seq-MNIST: ``resize_to=(28, 28), to_channels=1`` (``channels`` and
+    ``size`` in ``options`` go to the source, e.g. ``resized``); sources that decode
     files take ``size`` themselves, which is cheaper than resizing afterwards. ``key`` is the
     config key named by the error for an unknown ``name`` (the calling strategy's option).
     """
@@ -82,8 +83,8 @@ def load_auxiliary(
             + ")",
         )
     source = load_source(source_name, data_dir, **options)
-    if resize_to is not None or channels is not None:
-        source = match_input_shape(source, resize_to, channels)
+    if resize_to is not None or to_channels is not None:
+        source = match_input_shape(source, resize_to, to_channels)
     return source
 
 
@@ -141,7 +142,8 @@ def match_input_shape(
                 part = F.interpolate(
                     part, size=tuple(size), mode="bilinear", antialias=True, align_corners=False
                 )
-            out.append(part.round_().clamp_(0, 255).to(torch.uint8))
+            # not in place: a 1 -> 3 channel expand without resize is a view of one channel
+            out.append(part.round().clamp(0, 255).to(torch.uint8))
         return torch.cat(out) if out else x
 
     mean, std = source.mean, source.std
