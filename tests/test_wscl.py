@@ -244,3 +244,53 @@ def test_derpp_base_consolidation_computes_stored_logits(tmp_path, real_data_dir
     assert plugin.consolidate() == 6
     logits = module.buffer.all(["logits"])["logits"]
     assert len(logits) == 10 and bool((logits[4:] != 0).any())
+
+
+def test_reference_adoption_keeps_the_buffer_and_takes_only_the_winners_weights(
+    tmp_path, real_data_dir, monkeypatch
+):
+    """``adopt: weights`` (the reference copies ``net.state_dict()``): the buffer does not
+    receive the trial epoch's rows; backbone + head are the winner's."""
+    runner = _tiny(
+        tmp_path, real_data_dir, "strategy.wscl.max_candidates=2", "strategy.wscl.adopt=weights"
+    )
+    module, scenario = runner.module, runner.scenario
+    plugin = _wscl(module)
+    module.call_plugins("assign_heads", scenario[0])
+    plugin.before_experience(scenario[0])
+    runner._train_experience(
+        0, module.fold_plugins("train_data", scenario[0].train, scenario[0]), 0
+    )
+    module.experience_index = 1
+    seen_before = module.buffer.num_seen
+    winners: dict[int, dict] = {}
+
+    def fake_score(candidate):
+        depth = _wscl(candidate).frozen_depth
+        winners[depth] = {k: v.clone() for k, v in candidate.backbone.state_dict().items()}
+        return {0: 0.5, 1: 0.1}[depth]
+
+    monkeypatch.setattr(plugin, "score", fake_score)
+    plugin.before_experience(scenario[1])
+    assert plugin.frozen_depth == 1
+    assert module.buffer.num_seen == seen_before  # the candidates' insertions are discarded
+    adopted = module.backbone.state_dict()
+    assert all(torch.equal(adopted[k], winners[1][k]) for k in winners[1])
+
+
+def test_reference_scoring_is_train_mode_batch_means_rounded(tmp_path, real_data_dir):
+    """``score_mode: train, score_decimals: 2``: the reference's freezing score updates the
+    candidate's BatchNorm statistics and is a multiple of 0.01; eval mode changes nothing."""
+    runner = _tiny(tmp_path, real_data_dir)
+    module, scenario = runner.module, runner.scenario
+    plugin = _wscl(module)
+    module.call_plugins("assign_heads", scenario[0])
+    plugin.before_experience(scenario[0])
+    bn = module.backbone.bn1
+    stats = bn.running_mean.clone()
+    exact = plugin.score(module)
+    assert torch.equal(bn.running_mean, stats)  # eval-mode scoring leaves BatchNorm alone
+    plugin.cfg.score_mode, plugin.cfg.score_decimals = "train", 2
+    rounded = plugin.score(module)
+    assert not torch.equal(bn.running_mean, stats)  # train-mode forwards updated the statistics
+    assert rounded == round(rounded, 2) and exact != round(exact, 2)

@@ -173,6 +173,10 @@ class _Shared(list):
         return self
 
 
+SCORE_MODES = ("eval", "train")
+ADOPT = ("all", "weights")
+
+
 def _loss_on(module: CLModule, split: Split, batch_size: int = 500) -> float:
     """Mean cross-entropy (over every head) of ``module`` in eval mode on a labelled split."""
     if len(split) == 0:
@@ -192,6 +196,27 @@ def _loss_on(module: CLModule, split: Split, batch_size: int = 500) -> float:
     return total / len(split)
 
 
+def _train_mode_loss_on(module: CLModule, split: Split, batch_size: int) -> float:
+    """The reference code's score: mean over batches of the batch-mean cross-entropy, with
+    the model in **train mode** (batch statistics; BatchNorm running statistics are updated by
+    this pass and kept, as in the reference, where the scoring forward is a training forward)."""
+    if len(split) == 0:
+        return float("nan")
+    was_training = module.training
+    module.train()
+    losses = []
+    try:
+        with torch.no_grad():
+            for start in range(0, len(split), batch_size):
+                x = split.x[start : start + batch_size].to(module.device)
+                y = module.heads.map(split.y[start : start + batch_size].to(module.device))
+                logits = module.run_forward(module.transform.to_float(x), "eval").logits
+                losses.append(float(F.cross_entropy(logits, y)))
+    finally:
+        module.train(was_training)
+    return sum(losses) / len(losses)
+
+
 @register_strategy
 class WSCL(AuxiliaryStream):
     name = "wscl"
@@ -206,6 +231,9 @@ class WSCL(AuxiliaryStream):
         max_candidates: int | None = None
         trial_epoch_counts: bool = True
         freeze_bn_stats: bool = False
+        score_mode: str = "eval"
+        score_decimals: int | None = None
+        adopt: str = "all"
         # REM: dreaming (the auxiliary keys: dataset, options, next_heads, aux_ratio, ...)
         dream: bool = True
         dream_stage: str = "joint"
@@ -248,6 +276,12 @@ class WSCL(AuxiliaryStream):
             raise ConfigError(
                 f"{key}.dream_stage", f"unknown '{cfg.dream_stage}'", "joint|separate"
             )
+        if cfg.score_mode not in SCORE_MODES:
+            raise ConfigError(f"{key}.score_mode", f"unknown '{cfg.score_mode}'", "eval|train")
+        if cfg.adopt not in ADOPT:
+            raise ConfigError(f"{key}.adopt", f"unknown '{cfg.adopt}'", "all|weights")
+        if cfg.score_decimals is not None and cfg.score_decimals < 0:
+            raise ConfigError(f"{key}.score_decimals", "must be >= 0 or null")
         if cfg.importance not in IMPORTANCE:
             raise ConfigError(f"{key}.importance", f"unknown '{cfg.importance}'", str(IMPORTANCE))
         for name in ("val_size", "freeze_buffer_size", "stm_size", "nrem_epochs", "rem_epochs"):
@@ -330,13 +364,29 @@ class WSCL(AuxiliaryStream):
         return self.union(split) if joint and self.cfg.mixing == "union" else split
 
     def score(self, candidate: CLModule) -> float:
-        """Mean of the CE on the current held-out slice and on the previous freezing buffer."""
-        losses = []
-        if self._val is not None and len(self._val):
-            losses.append(_loss_on(candidate, self._val))
+        """Mean of the CE on the current held-out slice and on the previous freezing buffer.
+
+        ``score_mode: eval`` (default): exact means in eval mode. ``train`` with
+        ``score_decimals: 2``: the reference code (train-mode batch means, the freezing buffer
+        scored first, the slice's mean and the combined mean rounded to 2 decimals).
+        """
+        freeze = None
         if self.freeze_x is not None and len(self.freeze_x):
-            losses.append(_loss_on(candidate, Split(x=self.freeze_x, y=self.freeze_y)))
-        return float(sum(losses) / len(losses)) if losses else 0.0
+            freeze = Split(x=self.freeze_x, y=self.freeze_y)
+        val = self._val if self._val is not None and len(self._val) else None
+        decimals = self.cfg.score_decimals
+        losses = []
+        if self.cfg.score_mode == "train":
+            bs = self._wscl_runner.trainer_cfg.batch_size
+            if freeze is not None:
+                losses.append(_train_mode_loss_on(candidate, freeze, bs))
+            if val is not None:
+                loss = _train_mode_loss_on(candidate, val, bs)
+                losses.append(round(loss, decimals) if decimals is not None else loss)
+        else:
+            losses = [_loss_on(candidate, part) for part in (val, freeze) if part is not None]
+        score = float(sum(losses) / len(losses)) if losses else 0.0
+        return round(score, decimals) if decimals is not None else score
 
     def train_candidate(
         self, candidate: CLModule, experience: Experience, split: Split | None = None
@@ -388,14 +438,25 @@ class WSCL(AuxiliaryStream):
             self._wscl_runner._resume_mid_experience = True
 
     def adopt(self, best: CLModule, depth: int) -> None:
-        """Copy the chosen candidate's weights, buffer and freezing into the run's model."""
+        """Copy the chosen candidate into the run's model and apply its freezing.
+
+        ``adopt: all`` (default): weights, plug-in tensors, buffer and STM: the trial epoch
+        counts fully. ``adopt: weights``: backbone + head only, as the reference code (which
+        copies ``net.state_dict()``): the buffer and the base method's state stay as they were
+        before the trial epoch, so with one epoch per experience the buffer never receives
+        rows after the first experience (a quirk of the reference, kept for parity).
+        """
         module = self.module
-        module.load_state_dict(best.state_dict())
-        if module.buffer is not None and best.buffer is not None:
-            module.buffer.load_state_dict(best.buffer.state_dict())
+        if self.cfg.adopt == "weights":
+            module.backbone.load_state_dict(best.backbone.state_dict())
+            module.head.load_state_dict(best.head.state_dict())
+        else:
+            module.load_state_dict(best.state_dict())
+            if module.buffer is not None and best.buffer is not None:
+                module.buffer.load_state_dict(best.buffer.state_dict())
+            twin = next(p for p in best.plugins if isinstance(p, WSCL))
+            self.stm, self.stm_seen = dict(twin.stm), twin.stm_seen  # trial-epoch samples
         module.step_count = best.step_count
-        twin = next(p for p in best.plugins if isinstance(p, WSCL))
-        self.stm, self.stm_seen = dict(twin.stm), twin.stm_seen  # trial-epoch episodic samples
         self.frozen_depth = depth
         apply_freezing(module.backbone, depth)
 
