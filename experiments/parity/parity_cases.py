@@ -1,0 +1,222 @@
+"""The parity cases: one official command and one of ours per row, for each method.
+
+A :class:`Case` names the official repository it needs (``repo``), the arguments of its
+``utils/main.py`` for a seed, the data layout to prepare in the checkout, and our Hydra
+overrides for the same setting. The settings and their sources are argued in RESULTS.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prepare_data import torchvision_layout
+
+Args = Callable[[int], list[str]]
+
+
+@dataclass(frozen=True)
+class Case:
+    method: str
+    name: str
+    label: str
+    repo: str
+    official_args: Args | None
+    our_overrides: Args | None
+    launch_flags: tuple[str, ...] = ()
+    layout: tuple[tuple[str, str, tuple[str, ...]], ...] = ()  # (dataset, root, subclasses)
+    notes: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def prepare_official(self, checkout: Path, data_dir: Path) -> None:
+        """Lay the shared data out where the official code reads it (``<checkout>/data``)."""
+        for dataset, root, subclasses in self.layout:
+            torchvision_layout(data_dir, checkout / "data", dataset, root, subclasses)
+
+
+# ------------------------------------------------------------ auxiliary (cl-mah)
+_MNIST_LAYOUT = (("mnist", "MNIST", ("MyMNIST", "JoinedDataset")),)
+_FMNIST_LAYOUT = (("fashion-mnist", "fashionMNIST", ()),)
+
+
+def _clmah(dataset: str, *extra: str, buffer: int = 500) -> Args:
+    def args(seed: int) -> list[str]:
+        return [
+            "--dataset",
+            dataset,
+            "--model",
+            "derpp",
+            "--buffer_size",
+            str(buffer),
+            "--load_best_args",
+            "--seed",
+            str(seed),
+            "--device",
+            "cpu",
+            *extra,
+        ]
+
+    return args
+
+
+def _ours(experiment: str, *overrides: str) -> Args:
+    return lambda seed: [f"experiment={experiment}", *overrides]
+
+
+AUX_CASES = (
+    Case(
+        method="aux",
+        name="derpp-500",
+        label="DER++, buffer 500",
+        repo="perceivelab/cl-mah",
+        official_args=_clmah("seq-mnist"),
+        our_overrides=_ours("future-seq-mnist/derpp-500"),
+        launch_flags=("--no-plots", "--plain-eval-fix", "--csv-log"),
+        layout=_MNIST_LAYOUT,
+    ),
+    Case(
+        method="aux",
+        name="derpp-aux-fmnist-500",
+        label="DER++ + auxiliary Fashion-MNIST, buffer 500",
+        repo="perceivelab/cl-mah",
+        official_args=_clmah(
+            "future-seq-mnist",
+            "--dataset_2",
+            "fashionMNIST",
+            "--next_heads",
+            "most_activated",
+            "--forward_dataset",
+            "seq-mnist",
+        ),
+        our_overrides=_ours("future-seq-mnist/derpp-aux-500"),
+        launch_flags=("--no-plots", "--csv-log"),
+        layout=_MNIST_LAYOUT + _FMNIST_LAYOUT,
+    ),
+)
+
+AUX_CASES += (
+    Case(
+        method="aux",
+        name="derpp-aux-mnist-500",
+        label="DER++ + auxiliary MNIST (the benchmark's own training images), buffer 500",
+        repo="perceivelab/cl-mah",
+        official_args=_clmah(
+            "future-seq-mnist",
+            "--dataset_2",
+            "MNIST",
+            "--next_heads",
+            "most_activated",
+            "--forward_dataset",
+            "seq-mnist",
+        ),
+        our_overrides=_ours("future-seq-mnist/derpp-aux-500", "strategy.auxiliary.dataset=mnist"),
+        launch_flags=("--no-plots", "--csv-log"),
+        layout=_MNIST_LAYOUT,
+    ),
+)
+
+# ------------------------------------------------------------------ WSCL (perceivelab/wscl)
+_WSCL_ADAPTER = str(Path(__file__).resolve().parent / "adapters" / "wscl_fmnist.py")
+_WSCL_COMMON = (
+    "--model",
+    "er_ace",
+    "--buffer_size",
+    "500",
+    "--lr",
+    "0.03",
+    "--batch_size",
+    "10",
+    "--minibatch_size",
+    "10",
+    "--n_epochs",
+    "2",
+    "--device",
+    "cpu",
+    "--nowand",
+    "1",
+    "--non_verbose",
+    "1",
+)
+
+
+def _wscl(*extra: str) -> Args:
+    return lambda seed: [*_WSCL_COMMON, "--seed", str(seed), *extra]
+
+
+_WSCL_FLAGS = ("--register", _WSCL_ADAPTER, "--threads", "1")
+WSCL_CASES = (
+    Case(
+        method="wscl",
+        name="erace",
+        label="ER-ACE",
+        repo="perceivelab/wscl",
+        official_args=_wscl("--dataset", "seq-fmnist32", "--forward_dataset", "seq-fmnist32"),
+        our_overrides=_ours("wscl-proxy/erace"),
+        launch_flags=_WSCL_FLAGS,
+    ),
+    Case(
+        method="wscl",
+        name="erace-wscl",
+        label="ER-ACE + WSCL (freezing + dreams)",
+        repo="perceivelab/wscl",
+        official_args=_wscl(
+            "--dataset",
+            "dream-seq-fmnist32",
+            "--forward_dataset",
+            "seq-fmnist32",
+            "--freezing_eval",
+            "training_and_buff",
+            "--validation",
+            "1",
+            "--val_dataset_size",
+            "40",
+            "--freezing_buff_size",
+            "20",
+        ),
+        our_overrides=_ours("wscl-proxy/erace-wscl"),
+        launch_flags=_WSCL_FLAGS,
+    ),
+    Case(
+        method="wscl",
+        name="erace-wscl-reference",
+        label="ER-ACE + WSCL, ours with the reference's scoring and adoption quirks",
+        repo="perceivelab/wscl",
+        official_args=None,
+        our_overrides=_ours("wscl-proxy/erace-wscl-reference"),
+    ),
+)
+
+AUX_CASES += (
+    Case(
+        method="aux",
+        name="derpp-200",
+        label="DER++, buffer 200",
+        repo="perceivelab/cl-mah",
+        official_args=_clmah("seq-mnist", buffer=200),
+        our_overrides=_ours("future-seq-mnist/derpp-200"),
+        launch_flags=("--no-plots", "--plain-eval-fix", "--csv-log"),
+        layout=_MNIST_LAYOUT,
+    ),
+    Case(
+        method="aux",
+        name="derpp-aux-fmnist-200",
+        label="DER++ + auxiliary Fashion-MNIST, buffer 200",
+        repo="perceivelab/cl-mah",
+        official_args=_clmah(
+            "future-seq-mnist",
+            "--dataset_2",
+            "fashionMNIST",
+            "--next_heads",
+            "most_activated",
+            "--forward_dataset",
+            "seq-mnist",
+            buffer=200,
+        ),
+        our_overrides=_ours("future-seq-mnist/derpp-aux-200"),
+        launch_flags=("--no-plots", "--csv-log"),
+        layout=_MNIST_LAYOUT + _FMNIST_LAYOUT,
+    ),
+)
+
+METHODS: dict[str, tuple[Case, ...]] = {"aux": AUX_CASES, "wscl": WSCL_CASES}
