@@ -22,6 +22,9 @@ What this changes in the official code, all at run time (no file of the checkout
   log by default; ``--nowand 1`` keeps them off wandb).
 * ``--register FILE``: a dataset module of ours (``adapters/``) whose ``register()`` adds the
   parity proxy to the official ``datasets.NAMES``; the official code has no dataset for it.
+* ``--iter-next-fix``: SER's ``CLModel2Branches.begin_task`` calls ``iter(loader).next()``,
+  a Python 2 spelling that current PyTorch's loader iterators no longer provide; ``next`` is
+  aliased to ``__next__`` (the same first batch).
 * ``--threads N``: ``torch.set_num_threads(N)`` once; the official ``set_num_threads`` calls
   (wscl and SER ask for 4 threads) are then ignored, so that two runs share two cores.
 """
@@ -94,6 +97,12 @@ def _patch_plots() -> None:
             setattr(training, name, lambda *args, **kwargs: None)
 
 
+def _patch_iter_next() -> None:
+    from torch.utils.data import dataloader
+
+    dataloader._BaseDataLoaderIter.next = dataloader._BaseDataLoaderIter.__next__
+
+
 def _patch_plain_eval() -> None:
     from datasets import seq_mnist
 
@@ -107,6 +116,7 @@ def main() -> None:
     parser.add_argument("--plain-eval-fix", action="store_true")
     parser.add_argument("--csv-log", action="store_true", help="append --csv_log (cl-mah)")
     parser.add_argument("--register", type=Path, help="an adapter module with register()")
+    parser.add_argument("--iter-next-fix", action="store_true", help="SER's iter().next()")
     parser.add_argument("--threads", type=int, default=0)
     ours, official = parser.parse_known_args()
     if official and official[0] == "--":
@@ -134,6 +144,8 @@ def main() -> None:
         _patch_plots()
     if ours.plain_eval_fix:
         _patch_plain_eval()
+    if ours.iter_next_fix:
+        _patch_iter_next()
     from utils.main import main as official_main
 
     official_main()

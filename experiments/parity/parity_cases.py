@@ -219,4 +219,72 @@ AUX_CASES += (
     ),
 )
 
-METHODS: dict[str, tuple[Case, ...]] = {"aux": AUX_CASES, "wscl": WSCL_CASES}
+# ------------------------------------------------------------------- SER (perceivelab/SER)
+_SER_ADAPTER = str(Path(__file__).resolve().parent / "adapters" / "ser_fmnist.py")
+_SER_COMMON = (
+    "--buffer_size",
+    "500",
+    "--lr",
+    "0.03",
+    "--batch_size",
+    "10",
+    "--minibatch_size",
+    "10",
+    "--n_epochs",
+    "1",
+    "--device",
+    "cpu",
+    "--nowand",
+    "1",
+    "--non_verbose",
+    "1",
+)
+# the SER README's ER-ACE + SER command, less its ImageNet-only flags (checkpoints, scheduler)
+_SER_SALIENCY = (
+    "--mnp",
+    "multiply",
+    "--mnp_blocks",
+    *("1",) * 5,
+    "--sal_lr",
+    "0.005",
+    "--sal_coeff",
+    "1",
+    "--sal_n_gaussians",
+    "0",
+)
+# the proxy: 200 training / 100 test images per class, 3 channels (the official ResNet's stem)
+_SER_OURS = (
+    "scenario.source_options.channels=3",
+    "scenario.source_options.max_train_per_class=200",
+    "scenario.source_options.max_test_per_class=100",
+)
+
+
+def _ser(model: str, dataset: str, *extra: str) -> Args:
+    return lambda seed: ["--model", model, "--dataset", dataset, *_SER_COMMON, *extra,
+                         "--seed", str(seed)]  # fmt: skip
+
+
+_SER_FLAGS = ("--register", _SER_ADAPTER, "--threads", "1", "--iter-next-fix")
+SER_CASES = (
+    Case(
+        method="ser",
+        name="erace",
+        label="ER-ACE, buffer 500",
+        repo="perceivelab/SER",
+        official_args=_ser("er_ace", "seq-fmnist32"),
+        our_overrides=_ours("seq-fashion-mnist/erace-500", *_SER_OURS),
+        launch_flags=_SER_FLAGS,
+    ),
+    Case(
+        method="ser",
+        name="erace-ser",
+        label="ER-ACE + SER (SAM), buffer 500",
+        repo="perceivelab/SER",
+        official_args=_ser("er_ace_ser", "seq-fmnist32sal", *_SER_SALIENCY),
+        our_overrides=_ours("seq-fashion-mnist/erace-sam-500", *_SER_OURS),
+        launch_flags=_SER_FLAGS,
+    ),
+)
+
+METHODS: dict[str, tuple[Case, ...]] = {"aux": AUX_CASES, "wscl": WSCL_CASES, "ser": SER_CASES}

@@ -167,9 +167,11 @@ def run_method(
                   f"{RUNS_DIR / case.method}", flush=True)  # fmt: skip
             return case, side, seed, None
         rec["process_s"] = time.perf_counter() - start
+        fwt = rec["fwt_class_il"]
+        fwt_text = "n/a" if fwt is None else f"{fwt:.2f}"
         print(
             f"{method}/{case.name} {side} seed {seed}: class-IL {rec['class_il']:.2f} "
-            f"FWT {rec['fwt_class_il']:.2f} ({rec['process_s']:.0f} s)",
+            f"FWT {fwt_text} ({rec['process_s']:.0f} s)",
             flush=True,
         )
         return case, side, seed, rec
