@@ -64,57 +64,50 @@ def _ours(experiment: str, *overrides: str) -> Args:
     return lambda seed: [f"experiment={experiment}", *overrides]
 
 
-AUX_CASES = (
-    Case(
+_AUX_NAMES = {"fashionMNIST": "fmnist", "MNIST": "mnist"}
+_AUX_LABELS = {
+    "fashionMNIST": "Fashion-MNIST",
+    "MNIST": "MNIST (the benchmark's own training images)",
+}
+
+
+def _aux_cases(buffer: int, aux_sets: tuple[str, ...]) -> tuple[Case, ...]:
+    """DER++ alone and DER++ + each auxiliary set (official ``--dataset_2`` names) at ``buffer``."""
+    base = Case(
         method="aux",
-        name="derpp-500",
-        label="DER++, buffer 500",
+        name=f"derpp-{buffer}",
+        label=f"DER++, buffer {buffer}",
         repo="perceivelab/cl-mah",
-        official_args=_clmah("seq-mnist"),
-        our_overrides=_ours("future-seq-mnist/derpp-500"),
+        official_args=_clmah("seq-mnist", buffer=buffer),
+        our_overrides=_ours(f"future-seq-mnist/derpp-{buffer}"),
         launch_flags=("--no-plots", "--plain-eval-fix", "--csv-log"),
         layout=_MNIST_LAYOUT,
-    ),
-    Case(
-        method="aux",
-        name="derpp-aux-fmnist-500",
-        label="DER++ + auxiliary Fashion-MNIST, buffer 500",
-        repo="perceivelab/cl-mah",
-        official_args=_clmah(
-            "future-seq-mnist",
-            "--dataset_2",
-            "fashionMNIST",
-            "--next_heads",
-            "most_activated",
-            "--forward_dataset",
-            "seq-mnist",
-        ),
-        our_overrides=_ours("future-seq-mnist/derpp-aux-500"),
-        launch_flags=("--no-plots", "--csv-log"),
-        layout=_MNIST_LAYOUT + _FMNIST_LAYOUT,
-    ),
-)
+    )
+    with_aux = tuple(
+        Case(
+            method="aux",
+            name=f"derpp-aux-{_AUX_NAMES[aux]}-{buffer}",
+            label=f"DER++ + auxiliary {_AUX_LABELS[aux]}, buffer {buffer}",
+            repo="perceivelab/cl-mah",
+            official_args=_clmah(
+                "future-seq-mnist",
+                *("--dataset_2", aux, "--next_heads", "most_activated"),
+                *("--forward_dataset", "seq-mnist"),
+                buffer=buffer,
+            ),
+            our_overrides=_ours(
+                f"future-seq-mnist/derpp-aux-{buffer}",
+                *(["strategy.auxiliary.dataset=mnist"] if aux == "MNIST" else []),
+            ),
+            launch_flags=("--no-plots", "--csv-log"),
+            layout=_MNIST_LAYOUT + (_FMNIST_LAYOUT if aux == "fashionMNIST" else ()),
+        )
+        for aux in aux_sets
+    )
+    return (base, *with_aux)
 
-AUX_CASES += (
-    Case(
-        method="aux",
-        name="derpp-aux-mnist-500",
-        label="DER++ + auxiliary MNIST (the benchmark's own training images), buffer 500",
-        repo="perceivelab/cl-mah",
-        official_args=_clmah(
-            "future-seq-mnist",
-            "--dataset_2",
-            "MNIST",
-            "--next_heads",
-            "most_activated",
-            "--forward_dataset",
-            "seq-mnist",
-        ),
-        our_overrides=_ours("future-seq-mnist/derpp-aux-500", "strategy.auxiliary.dataset=mnist"),
-        launch_flags=("--no-plots", "--csv-log"),
-        layout=_MNIST_LAYOUT,
-    ),
-)
+
+AUX_CASES = _aux_cases(500, ("fashionMNIST", "MNIST")) + _aux_cases(200, ("fashionMNIST",))
 
 # ------------------------------------------------------------------ WSCL (perceivelab/wscl)
 _WSCL_ADAPTER = str(Path(__file__).resolve().parent / "adapters" / "wscl_fmnist.py")
@@ -184,38 +177,6 @@ WSCL_CASES = (
         repo="perceivelab/wscl",
         official_args=None,
         our_overrides=_ours("wscl-proxy/erace-wscl-reference"),
-    ),
-)
-
-AUX_CASES += (
-    Case(
-        method="aux",
-        name="derpp-200",
-        label="DER++, buffer 200",
-        repo="perceivelab/cl-mah",
-        official_args=_clmah("seq-mnist", buffer=200),
-        our_overrides=_ours("future-seq-mnist/derpp-200"),
-        launch_flags=("--no-plots", "--plain-eval-fix", "--csv-log"),
-        layout=_MNIST_LAYOUT,
-    ),
-    Case(
-        method="aux",
-        name="derpp-aux-fmnist-200",
-        label="DER++ + auxiliary Fashion-MNIST, buffer 200",
-        repo="perceivelab/cl-mah",
-        official_args=_clmah(
-            "future-seq-mnist",
-            "--dataset_2",
-            "fashionMNIST",
-            "--next_heads",
-            "most_activated",
-            "--forward_dataset",
-            "seq-mnist",
-            buffer=200,
-        ),
-        our_overrides=_ours("future-seq-mnist/derpp-aux-200"),
-        launch_flags=("--no-plots", "--csv-log"),
-        layout=_MNIST_LAYOUT + _FMNIST_LAYOUT,
     ),
 )
 
