@@ -262,7 +262,7 @@ def pretrain(cfg: Mapping[str, Any] | DictConfig, data_dir: str | None = None) -
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="pretrain")
-def main(cfg: DictConfig) -> float:
+def hydra_main(cfg: DictConfig) -> float:
     from cl_framework.train import quiet_lightning
 
     quiet_lightning()
@@ -273,6 +273,13 @@ def main(cfg: DictConfig) -> float:
         print(f"clf-pretrain: {exc}", file=sys.stderr)
         sys.exit(2)
     return float(summary["test_acc"])
+
+
+def main() -> None:
+    """``clf-pretrain``; Hydra's composition errors (typos, unknown choices) exit 2, our message."""
+    from cl_framework.cli_errors import run_hydra_cli
+
+    run_hydra_cli(hydra_main, "clf-pretrain", CONFIG_DIR, run_schemas=False)
 
 
 if __name__ == "__main__":

@@ -356,7 +356,7 @@ def pretrain_generator(
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="pretrain_generator")
-def main(cfg: DictConfig) -> float:
+def hydra_main(cfg: DictConfig) -> float:
     _ = HydraConfig.get()
     try:
         summary = pretrain_generator(cfg)
@@ -364,6 +364,13 @@ def main(cfg: DictConfig) -> float:
         print(f"clf-pretrain-generator: {exc}", file=sys.stderr)
         sys.exit(2)
     return float(summary["history"][-1]["train_loss"])
+
+
+def main() -> None:
+    """``clf-pretrain-generator``; Hydra composition errors exit 2 with our message."""
+    from cl_framework.cli_errors import run_hydra_cli
+
+    run_hydra_cli(hydra_main, "clf-pretrain-generator", CONFIG_DIR, run_schemas=False)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from cl_framework.cli_errors import EXIT_BAD_INPUT
 from cl_framework.errors import CLFrameworkError
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -133,7 +134,6 @@ def run(
 
 
 #: Exit codes: 2 bad input (config, data, checkpoint), 3 non-finite loss, 130/143 interrupted.
-EXIT_BAD_INPUT = 2
 EXIT_NON_FINITE = 3
 
 
@@ -147,12 +147,16 @@ def _command_line() -> tuple[bool, tuple[str, ...]]:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-def main(cfg: DictConfig) -> float:
+def hydra_main(cfg: DictConfig) -> float:
+    """The Hydra task: one run (one job of a ``-m`` sweep)."""
+    from cl_framework.cli_errors import check_added_strategies
     from cl_framework.errors import NonFiniteLossError, RunInterrupted
 
     quiet_lightning()
-    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    output_dir = Path(hydra_cfg.runtime.output_dir)
     try:
+        check_added_strategies(list(hydra_cfg.overrides.task), str(hydra_cfg.job.config_name))
         explicit, keys = _command_line()
         metrics = run(cfg, output_dir, explicit_overrides=explicit, passed_keys=keys)
     except RunInterrupted as exc:
@@ -165,6 +169,13 @@ def main(cfg: DictConfig) -> float:
         print(f"clf-train: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     return float(metrics["final_avg_acc"]["class_il"])
+
+
+def main() -> None:
+    """``clf-train``; Hydra's composition errors (typos, unknown choices) exit 2, our message."""
+    from cl_framework.cli_errors import run_hydra_cli
+
+    run_hydra_cli(hydra_main, "clf-train", CONFIG_DIR)
 
 
 if __name__ == "__main__":

@@ -123,5 +123,6 @@ def test_cli_unknown_strategy_group_fails_before_training(tmp_path):
         text=True,
         timeout=120,
     )
-    assert proc.returncode != 0
-    assert "strategy/nope" in proc.stderr
+    assert proc.returncode == 2
+    assert "unknown choice 'nope'" in proc.stderr
+    assert "derpp, er, er_ace" in proc.stderr  # the valid choices are listed

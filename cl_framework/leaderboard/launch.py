@@ -28,9 +28,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from cl_framework.cli_errors import EXIT_BAD_INPUT
+
 STATUS_FILE = "leaderboard_status.json"
 LOG_FILE = "clf-train.log"
-EXIT_BAD_INPUT = 2
 EXIT_NON_FINITE = 3
 
 #: statuses a run can end in

@@ -80,7 +80,7 @@ def sweep_config(cfg: DictConfig | Mapping[str, Any]) -> tuple[dict[str, Any], s
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="sweep")
-def main(cfg: DictConfig) -> float:
+def hydra_main(cfg: DictConfig) -> float:
     from cl_framework.errors import CLFrameworkError, NonFiniteLossError
     from cl_framework.train import quiet_lightning, run
 
@@ -367,6 +367,13 @@ class SweepReport(Callback):
             report_sweep(sweep_dir, self.best_dir, self.write_best, echo=log.info)
         except (OSError, ValueError, KeyError) as exc:  # never fail a finished sweep
             log.error("sweep report failed: %s", exc)
+
+
+def main() -> None:
+    """``clf-sweep``; Hydra's composition errors (typos, unknown choices) exit 2, our message."""
+    from cl_framework.cli_errors import run_hydra_cli
+
+    run_hydra_cli(hydra_main, "clf-sweep", CONFIG_DIR)
 
 
 if __name__ == "__main__":
