@@ -7,6 +7,7 @@ fails here, before any training starts.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ from cl_framework.scenarios.disk import check_in_memory_strategies, streams_from
 from cl_framework.scenarios.subset import subsample_scenario
 from cl_framework.scenarios.transforms import BatchTransform
 from cl_framework.strategies.registry import build_strategies, import_strategy_modules
+
+log = logging.getLogger(__name__)
 
 
 def build_scenario_from_config(rc: RunConfig) -> Scenario:
@@ -149,6 +152,36 @@ def finite_check_interval(rc: RunConfig, device: torch.device) -> int:
     return 1 if device.type == "cpu" else max(1, rc.trainer.log_every_n_steps)
 
 
+#: Below this many backbone parameters a training step is too small to split across threads:
+#: torch's default (one thread per core) is slower, and on a loaded machine the threads wait on
+#: each other (experiments/bench/RESULTS.md, "Threads").
+SMALL_MODEL_PARAMETERS = 1_000_000
+
+
+def set_cpu_threads(requested: int | None, backbone: torch.nn.Module, device: torch.device) -> int:
+    """Set torch's intra-op threads: ``trainer.num_threads``, or for null (auto) one thread for
+    small models on CPU unless ``OMP_NUM_THREADS`` says otherwise; torch's default elsewhere."""
+    import os
+
+    if requested is not None:
+        torch.set_num_threads(requested)
+        reason = "trainer.num_threads"
+    elif os.environ.get("OMP_NUM_THREADS"):
+        reason = "OMP_NUM_THREADS"
+    elif device.type == "cpu":
+        n_params = sum(p.numel() for p in backbone.parameters())
+        if n_params < SMALL_MODEL_PARAMETERS:
+            torch.set_num_threads(1)
+            reason = f"auto: small model, {n_params / 1e3:.0f}k parameters"
+        else:
+            reason = f"auto: torch default, {n_params / 1e6:.1f}M parameters"
+    else:
+        reason = "auto: torch default"
+    threads = torch.get_num_threads()
+    log.info("CPU threads: %d (%s; set trainer.num_threads to change)", threads, reason)
+    return threads
+
+
 def build_runner(cfg: Mapping[str, Any], output_dir: Path | str) -> ContinualRunner:
     """The runner of a validated config, with every object built and plug-ins set up."""
     output_dir = Path(output_dir)
@@ -162,6 +195,14 @@ def build_runner(cfg: Mapping[str, Any], output_dir: Path | str) -> ContinualRun
             f"strategy {replay} replays from the buffer but buffer.size is {rc.buffer.size}",
             "set buffer.size to a positive number of samples, e.g. buffer.size=200",
         )
+    if rc.scenario.val_fraction > 0 and not any(p.name == "val_eval" for p in plugins):
+        log.warning(
+            "scenario.val_fraction=%s holds %.0f%% of each experience's training data out, but "
+            "no strategy evaluates on it: add val_eval last (strategy=[...,val_eval]) to get "
+            "validation accuracy, or set scenario.val_fraction=0 to train on all of it",
+            rc.scenario.val_fraction,
+            100 * rc.scenario.val_fraction,
+        )
     in_memory = [p.name for p in plugins if p.needs_in_memory_data]
     if rc.scenario.storage == "disk":
         check_in_memory_strategies(in_memory, rc.scenario.source)
@@ -169,10 +210,14 @@ def build_runner(cfg: Mapping[str, Any], output_dir: Path | str) -> ContinualRun
     if scenario_on_disk(scenario):  # storage=auto chose disk
         check_in_memory_strategies(in_memory, rc.scenario.source)
     transform, scenario = build_transform(rc, scenario)
-    if rc.trainer.num_threads:
-        torch.set_num_threads(rc.trainer.num_threads)
+    if rc.trainer.num_threads is not None and rc.trainer.num_threads <= 0:
+        raise ConfigError(
+            "trainer.num_threads",
+            f"must be a positive thread count or null (auto), got {rc.trainer.num_threads}",
+        )
     pl.seed_everything(rc.seed, workers=True, verbose=False)
     backbone = build_backbone(rc.backbone, scenario.input_shape)
+    set_cpu_threads(rc.trainer.num_threads, backbone, resolve_device(rc.trainer.accelerator))
     tap_users = [p.name for p in plugins if p.needs_taps]
     if tap_users and not backbone.tap_names:
         raise ConfigError(

@@ -137,6 +137,22 @@ def run(
 EXIT_NON_FINITE = 3
 
 
+def log_choices(cfg: DictConfig, choices: dict) -> None:
+    """Say which group files the run took: a scenario brings its usual backbone and trainer."""
+    strategies = ",".join(str(k) for k in (cfg.get("strategy") or {}))
+    log.info(
+        "config: scenario %s | backbone %s | trainer %s (%s epoch(s) per experience, batch %s)"
+        " | strategy [%s]%s",
+        choices.get("scenario"),
+        choices.get("backbone"),
+        choices.get("trainer"),
+        cfg.trainer.epochs,
+        cfg.trainer.batch_size,
+        strategies,
+        f" | experiment {choices['experiment']}" if choices.get("experiment") else "",
+    )
+
+
 def _command_line() -> tuple[bool, tuple[str, ...]]:
     """Whether the command line selected anything besides resume= / paths / display options,
     and the dotted keys it set."""
@@ -157,6 +173,7 @@ def hydra_main(cfg: DictConfig) -> float:
     output_dir = Path(hydra_cfg.runtime.output_dir)
     try:
         check_added_strategies(list(hydra_cfg.overrides.task), str(hydra_cfg.job.config_name))
+        log_choices(cfg, dict(hydra_cfg.runtime.choices))
         explicit, keys = _command_line()
         metrics = run(cfg, output_dir, explicit_overrides=explicit, passed_keys=keys)
     except RunInterrupted as exc:

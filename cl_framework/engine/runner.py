@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.loggers import Logger
 
 from cl_framework.engine.checkpoint import (
@@ -39,6 +38,7 @@ from cl_framework.engine.checkpoint import (
 from cl_framework.engine.distributed import global_rank, world_size_from_config
 from cl_framework.engine.evaluate import EvalRow, evaluate_all
 from cl_framework.engine.module import CLModule
+from cl_framework.engine.progress import ContinualProgressBar
 from cl_framework.errors import CheckpointError, NonFiniteLossError, RunInterrupted
 from cl_framework.scenarios import Scenario, Split
 from cl_framework.scenarios.disk import batch_loader, resolve_num_workers
@@ -137,11 +137,13 @@ class ContinualRunner:
         self._stop_signal: int | None = None
 
     # ------------------------------------------------------------------ fits
-    def make_trainer(self) -> pl.Trainer:
-        """A fresh Trainer for one epoch, sharing the run's loggers."""
+    def make_trainer(self, label: str = "", total_steps: int = 0, leave: bool = True) -> pl.Trainer:
+        """A fresh Trainer for one epoch, sharing the run's loggers; its progress bar shows
+        ``label`` (where the run is) and counts ``total_steps`` optimizer steps."""
         cfg = self.trainer_cfg
         show_bar = sys.stdout.isatty() if cfg.progress_bar == "auto" else bool(cfg.progress_bar)
-        callbacks = [TQDMProgressBar(refresh_rate=max(1, cfg.log_every_n_steps))]
+        show_bar = show_bar and self.rank == 0  # DDP: one bar
+        callbacks = [ContinualProgressBar(label, total_steps, leave=leave)]
         return pl.Trainer(
             accelerator="gpu" if self.device.type == "cuda" else "cpu",
             devices=cfg.devices,
@@ -210,16 +212,24 @@ class ContinualRunner:
         index = module.experience_index
         module.begin_experience(index)
         start = time.perf_counter()
-        for epoch in range(epochs or self.trainer_cfg.epochs):
+        n_epochs = epochs or self.trainer_cfg.epochs
+        for epoch in range(n_epochs):
             loader = self.loader(
                 split, task_label, index, epoch, stream=stream, max_batches=limit_train_batches
             )
-            self._fit_epoch(module, loader)
+            label = f"{self._where(index)} | extra fit {stream} epoch {epoch + 1}/{n_epochs}"
+            self._fit_epoch(module, loader, label, leave=False)
         return time.perf_counter() - start
 
-    def _fit_epoch(self, module: CLModule, loader: TensorBatchLoader) -> None:
+    def _where(self, experience_index: int) -> str:
+        return f"experience {experience_index + 1}/{self.scenario.n_experiences}"
+
+    def _fit_epoch(
+        self, module: CLModule, loader: TensorBatchLoader, label: str = "", leave: bool = True
+    ) -> None:
         if len(loader) > 0:
-            self.make_trainer().fit(module, train_dataloaders=loader)
+            trainer = self.make_trainer(label, loader.remaining_batches(), leave)
+            trainer.fit(module, train_dataloaders=loader)
             module.to(self.device)
         module.end_epoch()
 
@@ -239,7 +249,9 @@ class ContinualRunner:
             module.batches_done_in_epoch = skip_now
             module.call_plugins("on_epoch_start", epoch)
             loader = self.loader(split, task_label, experience_index, epoch, skip_now)
-            self._fit_epoch(module, loader)
+            n_epochs = self.trainer_cfg.epochs
+            label = f"{self._where(experience_index)} | epoch {epoch + 1}/{n_epochs}"
+            self._fit_epoch(module, loader, label, leave=epoch + 1 == n_epochs)
             module.call_plugins("on_epoch_end", epoch)
         return time.perf_counter() - start
 
@@ -265,7 +277,8 @@ class ContinualRunner:
                 self.module.call_plugins("assign_heads", scenario[0])
                 progress.random_init = self.evaluate()
                 log.info(
-                    "random init: class-IL %s",
+                    "random init: class-IL accuracy on experiences 1..%d: %s",
+                    scenario.n_experiences,
                     " ".join(f"{a:5.1f}" for a in progress.random_init.class_il),
                 )
             for i in range(progress.completed, scenario.n_experiences):
@@ -327,21 +340,25 @@ class ContinualRunner:
         avg_cil = float(np.mean(row.class_il[seen]))
         avg_til = float(np.mean(row.task_il[seen]))
         log.info(
-            "after experience %d: avg class-IL %.2f | task-IL %.2f | trained in %.1fs | %s",
+            "after experience %d/%d: avg class-IL %.2f | task-IL %.2f (experiences 1..%d) | "
+            "trained in %.1fs | class-IL on experiences 1..%d: %s",
             i + 1,
+            self.scenario.n_experiences,
             avg_cil,
             avg_til,
+            i + 1,
             seconds,
+            len(row.class_il),
             " ".join(f"{a:5.1f}" for a in row.class_il),
         )
         metrics = {
             "eval/avg_acc_class_il": avg_cil,
             "eval/avg_acc_task_il": avg_til,
-            "experience": float(i),
+            "experience": float(i + 1),  # numbered from 1, as in every printed line
         }
         for j, (a, b) in enumerate(zip(row.class_il, row.task_il, strict=True)):
-            metrics[f"eval/acc_class_il/exp{j:02d}"] = a
-            metrics[f"eval/acc_task_il/exp{j:02d}"] = b
+            metrics[f"eval/acc_class_il/exp{j + 1:02d}"] = a
+            metrics[f"eval/acc_task_il/exp{j + 1:02d}"] = b
         for logger in self.loggers:
             logger.log_metrics(metrics, step=self.module.step_count)
             logger.save()

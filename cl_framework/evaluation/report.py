@@ -107,21 +107,33 @@ def write_outputs(output_dir: Path, metrics: Mapping[str, Any]) -> dict[str, Pat
     return paths
 
 
+def fmt_acc(value: float, decimals: int = 2) -> str:
+    """``value`` with ``decimals`` decimals; a value that rounds to zero prints without a sign."""
+    text = f"{value:.{decimals}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
 def format_summary(metrics: Mapping[str, Any]) -> str:
-    """Human-readable accuracy matrices and final metrics for the console."""
+    """Human-readable accuracy matrices and final metrics for the console.
+
+    Experiences are numbered from 1, as in the progress lines; ``-0.00`` prints as ``0.00``.
+    """
     lines = []
     for setting in SETTINGS:
         acc = metrics["acc_matrix"][setting]
         n = len(acc)
-        lines.append(f"accuracy matrix ({setting}), row = after experience i, col = experience j")
-        lines.append("        " + " ".join(f"  e{j:<4d}" for j in range(n)))
-        for i, row in enumerate(acc):
-            lines.append(f"  after {i}: " + " ".join(f"{a:6.2f}" for a in row))
-    lines.append("{:<12s} {:>10s} {:>10s}".format("metric", "class-IL", "task-IL"))
-    for key in ("final_avg_acc", "forgetting", "bwt", "fwt"):
         lines.append(
-            f"{key:<12s} {metrics[key]['class_il']:>10.2f} {metrics[key]['task_il']:>10.2f}"
+            f"accuracy matrix ({setting}): row i = after training experience i, "
+            "column j = accuracy on experience j"
         )
+        label = "  after {:>2d}:"
+        lines.append(" " * len(label.format(0)) + "".join(f"{f'e{j + 1}':>8s}" for j in range(n)))
+        for i, row in enumerate(acc):
+            lines.append(label.format(i + 1) + "".join(f"{fmt_acc(a):>8s}" for a in row))
+    lines.append("{:<13s} {:>9s} {:>9s}".format("metric", "class-IL", "task-IL"))
+    for key in ("final_avg_acc", "forgetting", "bwt", "fwt"):
+        m = metrics[key]
+        lines.append(f"{key:<13s} {fmt_acc(m['class_il']):>9s} {fmt_acc(m['task_il']):>9s}")
     lines.append(
         f"wall time {metrics['wall_time_s']:.1f}s (training {metrics['train_time_s']:.1f}s)"
     )

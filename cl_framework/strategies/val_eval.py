@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from cl_framework.engine.plugin import StrategyContext, StrategyPlugin
 from cl_framework.errors import ConfigError
 from cl_framework.scenarios import Experience
 from cl_framework.strategies.registry import register_strategy
+
+log = logging.getLogger(__name__)
 
 VAL_METRICS_FILE = "val_metrics.json"
 SETTINGS = ("class_il", "task_il")
@@ -70,6 +73,16 @@ class ValidationEvaluator(StrategyPlugin):
         del self.rows["task_il"][experience.index :]
         self.rows["class_il"].append([round(a, 4) for a in row.class_il])
         self.rows["task_il"].append([round(a, 4) for a in row.task_il])
+        log.info(
+            "validation after experience %d/%d: avg class-IL %.2f | task-IL %.2f "
+            "(%d held-out samples of experiences 1..%d)",
+            experience.index + 1,
+            len(scenario),
+            sum(row.class_il) / len(row.class_il),
+            sum(row.task_il) / len(row.task_il),
+            sum(self.n_val[: experience.index + 1]),
+            experience.index + 1,
+        )
         self._write()
 
     def summary(self) -> dict[str, Any]:
