@@ -115,7 +115,11 @@ def build_loggers(rc: RunConfig, output_dir: Path, resumed: bool = False) -> lis
     if "tensorboard" in rc.loggers:
         from pytorch_lightning.loggers import TensorBoardLogger
 
-        loggers.append(TensorBoardLogger(save_dir=str(output_dir), name="tensorboard", version=""))
+        loggers.append(
+            TensorBoardLogger(
+                save_dir=str(output_dir), name="tensorboard", version="", default_hp_metric=False
+            )
+        )
     if "wandb" in rc.loggers:
         from pytorch_lightning.loggers import WandbLogger
 

@@ -101,6 +101,7 @@ def run(
     from cl_framework.build import build_runner
     from cl_framework.errors import CLFrameworkError
     from cl_framework.evaluation.report import build_metrics, format_summary, write_outputs
+    from cl_framework.evaluation.tracking import finish_loggers, log_final_metrics, log_run_config
     from cl_framework.run_config import to_plain
 
     plain = to_plain(cfg)
@@ -110,6 +111,7 @@ def run(
         runner.load_checkpoint_payload(payload, str(ckpt))
     else:
         runner = build_runner(cfg, output_dir)
+    log_run_config(runner.loggers, runner.config)
     try:
         result = runner.run()
     except CLFrameworkError:
@@ -126,6 +128,8 @@ def run(
         seed=int(plain.get("seed", 0)),
         config=plain,
     )
+    log_final_metrics(runner.loggers, metrics, step=runner.module.step_count)
+    finish_loggers(runner.loggers)
     if runner.rank == 0:  # DDP: one writer
         paths = write_outputs(output_dir, metrics)
         log.info("\n%s", format_summary(metrics))
