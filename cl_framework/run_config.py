@@ -20,6 +20,12 @@ from cl_framework.scenarios.transforms import RandomResizedCrop
 
 LOGGERS = ("csv", "tensorboard", "wandb")
 BUFFER_DEVICES = ("auto", "cpu", "cuda")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
+#: Lightning's precision names (its int aliases 16 / 32 / 64 arrive here as strings)
+PRECISIONS = (
+    "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true",
+    "32", "16", "bf16", "64", "transformer-engine", "transformer-engine-float16",
+)  # fmt: skip
 
 
 @dataclass
@@ -182,6 +188,27 @@ def validate_run_config(cfg: Mapping[str, Any] | DictConfig) -> RunConfig:
     for key in ("epochs", "batch_size", "eval_batch_size", "devices", "steps_per_batch"):
         if getattr(trainer, key) <= 0:
             raise ConfigError(f"trainer.{key}", f"must be positive, got {getattr(trainer, key)}")
+    if str(trainer.precision) not in PRECISIONS:
+        raise ConfigError(
+            "trainer.precision",
+            f"unknown precision '{trainer.precision}'",
+            f"use one of {', '.join(PRECISIONS[:6])} (bf16-mixed / 16-mixed on GPUs)",
+        )
+    if trainer.accelerator not in ACCELERATORS:
+        raise ConfigError(
+            "trainer.accelerator",
+            f"unknown accelerator '{trainer.accelerator}'",
+            f"use one of {', '.join(ACCELERATORS)}",
+        )
+    if trainer.accelerator in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                "trainer.accelerator",
+                f"'{trainer.accelerator}' was asked for but torch sees no CUDA GPU here",
+                "use trainer.accelerator=auto (GPU when there is one, else CPU) or cpu",
+            )
     if trainer.num_workers is not None and trainer.num_workers < 0:
         raise ConfigError(
             "trainer.num_workers",

@@ -117,6 +117,9 @@ CASES = [
     Case("negative lr", ["optimizer.lr=-1"], ConfigError, "optimizer.lr"),
     Case("bad val fraction", ["scenario.val_fraction=1.5"], ConfigError, "scenario.val_fraction"),
     Case("unknown logger", ["+logger.mlflow={}"], ConfigError, "logger.mlflow"),
+    Case("bad precision", ["trainer.precision=17"], ConfigError, "unknown precision '17'"),
+    Case("unknown accelerator", ["trainer.accelerator=tpu"], ConfigError, "trainer.accelerator"),
+    Case("zero threads", ["trainer.num_threads=0"], ConfigError, "trainer.num_threads"),
     Case("missing data dir files",
          ["scenario=seq-mnist", "+scenario.source_options.download=false"],
          DataError, "train-images-idx3-ubyte", empty_dir),
@@ -179,3 +182,14 @@ def test_bad_input_is_refused_before_training(case: Case, tmp_path, good_run, mo
     assert not trained
     assert not (out / "metrics.json").exists() and not checkpoint_path(out).exists()
     assert snapshot(good_run) == before_good  # a resumed-from run dir is never touched
+
+
+def test_gpu_accelerator_without_a_gpu_is_refused(monkeypatch):
+    """``trainer.accelerator=gpu`` on a machine without CUDA: our error, not a CUDA traceback."""
+    from cl_framework.run_config import validate_run_config
+    from tests.conftest import compose_config
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="torch sees no CUDA GPU") as info:
+        validate_run_config(compose_config(["trainer.accelerator=gpu"]))
+    assert info.value.key == "trainer.accelerator"

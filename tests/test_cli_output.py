@@ -1,0 +1,73 @@
+"""What a user sees on the console: where the run is, which defaults it took, validation."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, compose_config
+
+
+def clf_train(tmp_path, *overrides: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, "-m", "cl_framework.train", *overrides, f"hydra.run.dir={tmp_path}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def test_progress_validation_and_defaults_are_printed(tmp_path):
+    proc = clf_train(
+        tmp_path,
+        "trainer.progress_bar=true",
+        "trainer.epochs=2",
+        "scenario.val_fraction=0.1",
+        "strategy=[derpp,val_eval]",
+    )
+    bar = proc.stdout.replace("\r", "\n")
+    # experience i/N and epoch e/E, counted in optimizer steps (243 rows / batch 10 = 25), loss
+    final = re.findall(r"experience 3/5 \| epoch 2/2: 100%\S* (\d+)/(\d+) \[[^\]]*, loss \d", bar)
+    assert final and final[-1][0] == final[-1][1] == "25", bar[-1500:]
+    assert "experience 1/5 | epoch 1/2" in bar and "step/s" in bar
+    log = proc.stderr + proc.stdout
+    assert "config: scenario seq-digits | backbone mlp | trainer seq-digits" in log
+    assert "CPU threads: 1 (auto: small model" in log
+    assert re.search(r"validation after experience 5/5: avg class-IL \d+\.\d\d", log)
+    assert "class-IL on experiences 1..5:" in log and "random init: class-IL accuracy on" in log
+    header = next(line for line in log.splitlines() if line.strip().startswith("e1"))
+    assert header.split() == ["e1", "e2", "e3", "e4", "e5"]
+    assert "-0.00" not in log
+
+
+def test_held_out_data_without_val_eval_warns(tmp_path):
+    proc = clf_train(tmp_path, "scenario.val_fraction=0.2", "trainer.epochs=1")
+    assert "scenario.val_fraction=0.2 holds 20% of each experience's training data out" in (
+        proc.stderr + proc.stdout
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "backbone", "epochs", "batch"),
+    [
+        ([], "mlp", 5, 10),
+        (["scenario=seq-mnist"], "mlp", 1, 10),
+        (["scenario=perm-mnist"], "mlp", 1, 128),
+        (["scenario=seq-cifar10"], "resnet18", 50, 32),
+        (["scenario=seq-tinyimagenet-half"], "resnet18", 100, 32),
+        (["scenario=seq-cifar10", "backbone=mlp", "trainer.epochs=3"], "mlp", 3, 32),
+        (["scenario=seq-cifar10", "trainer=default"], "resnet18", 1, 32),
+        (["experiment=seq-cifar10/twf-500"], "resnet18", 50, 32),
+        (["experiment=seq-mnist/derpp-500"], "mlp", 1, 10),
+    ],
+)
+def test_a_scenario_brings_its_backbone_and_trainer(overrides, backbone, epochs, batch):
+    cfg = compose_config(overrides)
+    assert cfg.backbone.name == backbone
+    assert (cfg.trainer.epochs, cfg.trainer.batch_size) == (epochs, batch)
