@@ -183,26 +183,30 @@ def _is_schema(candidate: Any) -> bool:
     return isinstance(candidate, type) and dataclasses.is_dataclass(candidate)
 
 
-def check_added_strategies(task_overrides: list[str], config_name: str) -> None:
-    """Reject ``+strategy.<name>.<key>=...`` for a strategy the run does not select.
+def check_added_strategies(task_overrides: list[str], config_name: str, config_dir: Path) -> None:
+    """Reject ``+strategy.<name>...`` for a strategy with a config file that the run does not
+    select.
 
     Such an override composes (it adds the node) and would silently enable the strategy with
-    its defaults for every key not given. Called inside the Hydra app, with its overrides.
+    its dataclass defaults for every key not given, skipping its YAML. Plug-ins without a file
+    in the ``strategy`` group (test probes, ``extra_modules`` without a config dir) can only be
+    added this way and stay allowed. Called inside the Hydra app, with its overrides.
     """
-    added = {
-        o.lstrip("+").split("=", 1)[0]: o
-        for o in task_overrides
-        if o.startswith("+") and o.lstrip("+").startswith("strategy.")
-    }
+    added = {}
+    for override in task_overrides:
+        key = override.lstrip("+").split("=", 1)[0]
+        parts = key.split(".")
+        is_added_strategy = override.startswith("+") and parts[0] == "strategy" and len(parts) > 1
+        if is_added_strategy and (Path(config_dir) / "strategy" / f"{parts[1]}.yaml").is_file():
+            added[override] = parts[1]
     if not added:
         return
     from hydra import compose
 
-    others = [o for o in task_overrides if o not in added.values()]
+    others = [o for o in task_overrides if o not in added]
     selected = list(compose(config_name=config_name, overrides=others).get("strategy") or {})
-    for key, override in added.items():
-        name = key.split(".")[1] if "." in key else ""
-        if name and name not in selected:
+    for override, name in added.items():
+        if name not in selected:
             raise ConfigError(
                 f"strategy.{name}",
                 f"'{override}' would enable strategy '{name}', which the run does not select "

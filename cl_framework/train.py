@@ -141,6 +141,15 @@ def run(
 EXIT_NON_FINITE = 3
 
 
+def quiet_other_ranks(cfg: DictConfig) -> None:
+    """Under DDP every rank runs this process; only rank 0 prints progress lines (warnings and
+    errors still come from every rank)."""
+    from cl_framework.engine.distributed import global_rank
+
+    if global_rank(int(cfg.trainer.get("devices", 1))) > 0:
+        logging.getLogger("cl_framework").setLevel(logging.WARNING)
+
+
 def log_choices(cfg: DictConfig, choices: dict) -> None:
     """Say which group files the run took: a scenario brings its usual backbone and trainer."""
     strategies = ",".join(str(k) for k in (cfg.get("strategy") or {}))
@@ -173,10 +182,13 @@ def hydra_main(cfg: DictConfig) -> float:
     from cl_framework.errors import NonFiniteLossError, RunInterrupted
 
     quiet_lightning()
+    quiet_other_ranks(cfg)
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        check_added_strategies(list(hydra_cfg.overrides.task), str(hydra_cfg.job.config_name))
+        check_added_strategies(
+            list(hydra_cfg.overrides.task), str(hydra_cfg.job.config_name), Path(CONFIG_DIR)
+        )
         log_choices(cfg, dict(hydra_cfg.runtime.choices))
         explicit, keys = _command_line()
         metrics = run(cfg, output_dir, explicit_overrides=explicit, passed_keys=keys)

@@ -56,6 +56,8 @@ def test_ddp_replicated_buffers_identical_and_accuracy_matches(
     # one writer: rank 1 wrote no outputs of its own
     assert (tmp_path / "metrics.json").exists()
     assert not list(tmp_path.glob("*rank1*.json"))
+    # one console: the progress lines are printed once, not once per rank
+    assert (proc.stdout + proc.stderr).count("after experience 5/5:") == 1
 
 
 def test_ddp_sharded_buffers_disjoint_union_is_capacity(tmp_path, real_data_dir):
