@@ -8,8 +8,12 @@ other packages are made known with the top-level config key ``extra_modules``.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pkgutil
+import sys
 from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from cl_framework.config_schema import validate_node
@@ -37,12 +41,42 @@ def import_strategy_modules(extra_modules: Iterable[str] = ()) -> None:
         if info.name != "registry":
             importlib.import_module(f"cl_framework.strategies.{info.name}")
     for name in extra_modules:
-        try:
-            importlib.import_module(name)
-        except ImportError as exc:
+        import_user_module(name)
+
+
+def import_user_module(entry: str) -> ModuleType:
+    """One ``extra_modules`` entry: a ``.py`` file path, or a module name importable from the
+    current directory (as with ``python -m``) or the environment. No PYTHONPATH needed."""
+    if entry.endswith(".py"):
+        path = Path(entry).expanduser().resolve()
+        if not path.is_file():
             raise ConfigError(
-                "extra_modules", f"cannot import '{name}': {exc}", "check the module path"
-            ) from exc
+                "extra_modules", f"no file '{entry}' (from {Path.cwd()})", "check the path"
+            )
+        loaded = sys.modules.get(path.stem)
+        if loaded is not None and Path(getattr(loaded, "__file__", "") or "").resolve() == path:
+            return loaded
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[path.stem] = module
+        try:
+            spec.loader.exec_module(module)
+        except ImportError as exc:
+            del sys.modules[path.stem]
+            raise ConfigError("extra_modules", f"'{entry}' failed to import: {exc}") from exc
+        return module
+    cwd = str(Path.cwd())
+    if cwd not in sys.path:
+        sys.path.append(cwd)  # after the installed packages: a local file never shadows them
+    try:
+        return importlib.import_module(entry)
+    except ImportError as exc:
+        raise ConfigError(
+            "extra_modules",
+            f"cannot import '{entry}': {exc}",
+            "give a module importable from the current directory, or a path to a .py file",
+        ) from exc
 
 
 def available_strategies() -> list[str]:
