@@ -74,6 +74,7 @@ class BufferConfig:
 class PathsConfig:
     data_dir: str = "./data"
     output_dir: str = "outputs"
+    results_log: str | None = "outputs/results.jsonl"
 
 
 @dataclass

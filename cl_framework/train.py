@@ -100,7 +100,12 @@ def run(
     """
     from cl_framework.build import build_runner
     from cl_framework.errors import CLFrameworkError
-    from cl_framework.evaluation.report import build_metrics, format_summary, write_outputs
+    from cl_framework.evaluation.report import (
+        append_results_log,
+        build_metrics,
+        format_summary,
+        write_outputs,
+    )
     from cl_framework.evaluation.tracking import finish_loggers, log_final_metrics, log_run_config
     from cl_framework.run_config import to_plain
 
@@ -134,6 +139,9 @@ def run(
         paths = write_outputs(output_dir, metrics)
         log.info("\n%s", format_summary(metrics))
         log.info("outputs in %s", paths["metrics"].parent)
+        results_log = plain.get("paths", {}).get("results_log")
+        if results_log:
+            log.info("results log: %s", append_results_log(results_log, output_dir, metrics))
     return metrics
 
 

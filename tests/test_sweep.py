@@ -61,7 +61,7 @@ def test_sweep_config_appends_val_eval_and_requires_validation(make_config):
     assert info.value.key == "scenario.val_fraction"
 
 
-def make_trial(sweep: Path, num: int, alpha: float, val: float | None, test: float) -> None:
+def make_trial(sweep: Path, num: int, alpha: float, val: float | None, test: float | None) -> None:
     run_dir = sweep / f"trial{num}"
     (run_dir / ".hydra").mkdir(parents=True)
     overrides = ["experiment=seq-mnist/derpp-500", f"strategy.derpp.alpha={alpha}"]
@@ -75,7 +75,8 @@ def make_trial(sweep: Path, num: int, alpha: float, val: float | None, test: flo
         "buffer": {"size": 500},
     }
     metrics = {"final_avg_acc": {"class_il": test}, "wall_time_s": 5.0, "config": config}
-    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    if test is not None:  # None: crashed before metrics.json
+        (run_dir / "metrics.json").write_text(json.dumps(metrics))
     if val is not None:
         payload = {"final_avg_acc": {"class_il": val, "task_il": 99.0}}
         (run_dir / "val_metrics.json").write_text(json.dumps(payload))
@@ -101,11 +102,12 @@ def test_sweep_report_selects_on_validation_and_writes_a_best_config(tmp_path):
     (sweep / "multirun.yaml").write_text(yaml.safe_dump(multirun))
     make_trial(sweep, 0, 0.2, val=88.0, test=95.0)  # best on test: must not be chosen
     make_trial(sweep, 1, 0.7, val=91.5, test=90.0)  # best on validation
-    make_trial(sweep, 2, 1.9, val=None, test=10.0)  # crashed before val_metrics.json
+    make_trial(sweep, 2, 1.9, val=None, test=None)  # crashed: no metrics.json
+    make_trial(sweep, 3, 1.0, val=None, test=97.0)  # finished without val_eval (plain -m run)
 
     trials, _ = collect_trials(sweep)
-    assert [t.params for t in trials] == [{"strategy.derpp.alpha": a} for a in (0.2, 0.7, 1.9)]
-    assert [t.status for t in trials] == ["ok", "ok", "failed"]
+    assert [t.params for t in trials] == [{"strategy.derpp.alpha": a} for a in (0.2, 0.7, 1.9, 1.0)]
+    assert [t.status for t in trials] == ["ok", "ok", "failed", "done (no val_eval)"]
     assert best_config_key(trials[1]) == ("seq-mnist", "derpp", "500")
 
     best = report_sweep(sweep, best_dir=tmp_path / "best", echo=lambda s: None)
@@ -119,7 +121,7 @@ def test_sweep_report_selects_on_validation_and_writes_a_best_config(tmp_path):
     assert body["strategy"] == {"derpp": {"alpha": 0.7}}
     assert body["trainer"] == {"epochs": 2}  # the sweep's fixed overrides are kept
     assert "scenario" not in body  # the protocol's validation split and subset are not
-    assert len((sweep / "sweep_results.csv").read_text().splitlines()) == 4
+    assert len((sweep / "sweep_results.csv").read_text().splitlines()) == 5
 
 
 def test_committed_best_config_composes(make_config):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,24 @@ LAST = "last.ckpt"
 def checkpoint_path(run_dir: Path | str) -> Path:
     """Where a run keeps its last complete checkpoint."""
     return Path(run_dir) / CHECKPOINT_DIR / LAST
+
+
+def experience_checkpoint_path(run_dir: Path | str, experience: int) -> Path:
+    """The checkpoint kept after experience ``experience`` (1-based) with
+    ``trainer.keep_experience_checkpoints=true``."""
+    return Path(run_dir) / CHECKPOINT_DIR / f"experience-{experience:02d}.ckpt"
+
+
+def keep_copy(source: Path, target: Path) -> Path:
+    """A durable copy of a finished checkpoint (hard link where the filesystem allows)."""
+    tmp = target.with_suffix(target.suffix + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+    return target
 
 
 def _fsync_dir(directory: Path) -> None:

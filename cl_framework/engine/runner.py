@@ -33,6 +33,8 @@ from cl_framework.engine.checkpoint import (
     atomic_save,
     capture_global_rng,
     checkpoint_path,
+    experience_checkpoint_path,
+    keep_copy,
     restore_global_rng,
 )
 from cl_framework.engine.distributed import global_rank, world_size_from_config
@@ -66,6 +68,7 @@ class TrainerConfig:
     limit_train_batches: int | None = None
     checkpoint: bool = True
     checkpoint_every_n_steps: int | None = None
+    keep_experience_checkpoints: bool = False
     check_finite_every_n_steps: int | None = None
     num_threads: int | None = None
     steps_per_batch: int = 16
@@ -285,7 +288,9 @@ class ContinualRunner:
                 self._run_experience(i)
                 progress.completed = i + 1
                 if self.trainer_cfg.checkpoint:
-                    self.save_checkpoint()
+                    path = self.save_checkpoint()
+                    if path is not None and self.trainer_cfg.keep_experience_checkpoints:
+                        keep_copy(path, experience_checkpoint_path(path.parent.parent, i + 1))
                 self._check_stop()
         except (NonFiniteLossError, RunInterrupted) as exc:
             progress.elapsed_s += time.perf_counter() - start

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import time
 from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -81,6 +82,31 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def append_results_log(log_path: Path | str, run_dir: Path, metrics: Mapping[str, Any]) -> Path:
+    """One JSON line per finished run in a log shared by all runs (Mammoth's results logs):
+    where it is, what it ran and its final numbers, to compare runs without opening each."""
+    path = Path(log_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    config = metrics.get("config", {})
+    record = {
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "run_dir": str(Path(run_dir).resolve()),
+        "scenario": metrics["scenario"],
+        "setting": metrics["setting"],
+        "strategy": list(metrics["strategy"]),
+        "seed": metrics["seed"],
+        "buffer_size": config.get("buffer", {}).get("size"),
+        "lr": config.get("optimizer", {}).get("lr"),
+        "epochs": config.get("trainer", {}).get("epochs"),
+        "name": config.get("name"),
+        **{key: metrics[key] for key in ("final_avg_acc", "forgetting", "bwt", "fwt")},
+        "wall_time_s": metrics.get("wall_time_s"),
+    }
+    with path.open("a") as fh:  # one short write per line: concurrent runs do not interleave
+        fh.write(json.dumps(record) + "\n")
+    return path
+
+
 def write_outputs(output_dir: Path, metrics: Mapping[str, Any]) -> dict[str, Path]:
     """Write metrics.json, acc_matrix.csv and the PNG plots; returns their paths."""
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -89,10 +115,11 @@ def write_outputs(output_dir: Path, metrics: Mapping[str, Any]) -> dict[str, Pat
     with paths["csv"].open("w", newline="") as fh:
         writer = csv.writer(fh)
         n = metrics["n_experiences"]
-        writer.writerow(["setting", "after_experience", *[f"exp_{j}" for j in range(n)]])
+        # experiences numbered from 1, as in every printed line
+        writer.writerow(["setting", "after_experience", *[f"exp_{j + 1}" for j in range(n)]])
         for setting in SETTINGS:
             for i, row in enumerate(metrics["acc_matrix"][setting]):
-                writer.writerow([setting, i, *row])
+                writer.writerow([setting, i + 1, *row])
     curves = {}
     for setting in SETTINGS:
         acc = np.asarray(metrics["acc_matrix"][setting])

@@ -167,6 +167,10 @@ def _sweep_meta(sweep_dir: Path) -> dict[str, Any]:
     return meta
 
 
+#: status of a run that finished but has no val_metrics.json (a plain ``clf-train -m`` sweep)
+FINISHED_NO_VALIDATION = "done (no val_eval)"
+
+
 def collect_trials(sweep_dir: Path) -> tuple[list[Trial], dict[str, Any]]:
     """Every trial folder of a sweep (those holding ``.hydra/overrides.yaml``)."""
     sweep_dir = Path(sweep_dir)
@@ -199,6 +203,8 @@ def collect_trials(sweep_dir: Path) -> tuple[list[Trial], dict[str, Any]]:
         elif status_path.is_file():
             status = json.loads(status_path.read_text()).get("status", "failed")
             objective = 0.0 if status == "non_finite" else None
+        elif metrics is not None:  # a finished plain `clf-train -m` run: no validation objective
+            status, objective = FINISHED_NO_VALIDATION, None
         else:
             status, objective = "failed", None
         trials.append(
