@@ -126,3 +126,38 @@ def test_cli_unknown_strategy_group_fails_before_training(tmp_path):
     assert proc.returncode == 2
     assert "unknown choice 'nope'" in proc.stderr
     assert "derpp, er, er_ace" in proc.stderr  # the valid choices are listed
+
+
+def test_auto_threads_one_for_small_cpu_models_else_torch_default(monkeypatch):
+    """trainer.num_threads=null: 1 thread for models under 1M parameters on CPU (2 threads on
+    a loaded 2-core machine were 5x slower, experiments/bench/RESULTS.md); torch's default for
+    larger ones; an explicit value or OMP_NUM_THREADS always wins."""
+    import torch
+
+    from cl_framework.build import set_cpu_threads
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cpu = torch.device("cpu")
+    try:
+        torch.set_num_threads(2)
+        assert set_cpu_threads(None, torch.nn.Linear(100, 100), cpu) == 1
+        torch.set_num_threads(2)
+        assert set_cpu_threads(None, torch.nn.Linear(2000, 1000), cpu) == 2  # 2M parameters
+        assert set_cpu_threads(3, torch.nn.Linear(100, 100), cpu) == 3
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        torch.set_num_threads(2)
+        assert set_cpu_threads(None, torch.nn.Linear(100, 100), cpu) == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_package_metadata_uses_an_spdx_license():
+    """A license table / License classifiers make setuptools print deprecation warnings."""
+    import tomllib
+
+    from tests.conftest import ROOT
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert isinstance(project["license"], str)
+    assert not any(c.startswith("License ::") for c in project.get("classifiers", []))

@@ -202,3 +202,13 @@ def test_full_seq_mnist_derpp_500_killed_while_writing(tmp_path, real_data_dir):
         seq_mnist_args(real_data_dir, None),
         {"CLF_FAULT": "kill_in_write", "CLF_FAULT_WRITE": "3"},
     )
+
+
+def test_resume_with_a_changed_key_names_that_key(tmp_path):
+    first = clf_train(["trainer.epochs=1", "strategy=[er]", "buffer.size=50",
+                       f"hydra.run.dir={tmp_path}"])  # fmt: skip
+    assert first.returncode == 0, first.stderr[-2000:]
+    changed = clf_train(["trainer.epochs=1", "strategy=[er]", "buffer.size=50",
+                         "optimizer.lr=0.5", f"resume={tmp_path}"])  # fmt: skip
+    assert changed.returncode == 2
+    assert "differs from the checkpointed run at 'optimizer.lr'" in changed.stderr
