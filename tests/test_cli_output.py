@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -18,6 +19,7 @@ def clf_train(tmp_path, *overrides: str) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         timeout=300,
+        env={k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"},  # auto threads
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc

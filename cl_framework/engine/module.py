@@ -291,7 +291,7 @@ class CLModule(pl.LightningModule):
         values["train/loss"] = float(total.detach())
         self.last_losses = values
         if self.trainer is not None and self.trainer.loggers:
-            values = {**values, "experience": float(self.experience_index)}
+            values = {**values, "experience": float(self.experience_index + 1)}  # 1-based
             for logger in self.trainer.loggers:
                 logger.log_metrics(values, step=self.step_count)
 
