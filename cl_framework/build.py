@@ -158,7 +158,7 @@ def finite_check_interval(rc: RunConfig, device: torch.device) -> int:
 
 #: Below this many backbone parameters a training step is too small to split across threads:
 #: torch's default (one thread per core) is slower, and on a loaded machine the threads wait on
-#: each other (experiments/bench/RESULTS.md, "Threads").
+#: each other (experiments/bench/THREADS.md).
 SMALL_MODEL_PARAMETERS = 1_000_000
 
 
@@ -267,6 +267,7 @@ def build_runner(cfg: Mapping[str, Any], output_dir: Path | str) -> ContinualRun
         gradient_clip_val=rc.trainer.gradient_clip_val,
         check_finite_every_n_steps=finite_check_interval(rc, device),
         replicate_buffer=world > 1 and not sharded,
+        fuse_forward=rc.trainer.fused_forward,
     )
     runner = ContinualRunner(
         scenario,

@@ -130,7 +130,7 @@ def test_cli_unknown_strategy_group_fails_before_training(tmp_path):
 
 def test_auto_threads_one_for_small_cpu_models_else_torch_default(monkeypatch):
     """trainer.num_threads=null: 1 thread for models under 1M parameters on CPU (2 threads on
-    a loaded 2-core machine were 5x slower, experiments/bench/RESULTS.md); torch's default for
+    a loaded 2-core machine were 5x slower, experiments/bench/THREADS.md); torch's default for
     larger ones; an explicit value or OMP_NUM_THREADS always wins."""
     import torch
 

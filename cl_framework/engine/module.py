@@ -63,6 +63,14 @@ def _chain(first: TapModifier, second: TapModifier) -> TapModifier:
     return lambda t: second(first(t))
 
 
+def rows_independent(network: nn.Module) -> bool:
+    """Whether each row's output depends on that row only, so that forwarding rows together
+    or apart gives the same result: no batch-statistics normalisation (BatchNorm and kin), and
+    no dropout (its random masks would be drawn in a different order)."""
+    batch_coupled = (nn.modules.batchnorm._NormBase, nn.modules.dropout._DropoutNd)
+    return not any(isinstance(m, batch_coupled) for m in network.modules())
+
+
 class CLModule(pl.LightningModule):
     """Backbone + output heads + strategy plug-ins; trained one experience per Lightning fit."""
 
@@ -80,6 +88,7 @@ class CLModule(pl.LightningModule):
         gradient_clip_val: float | None = None,
         check_finite_every_n_steps: int = 1,
         replicate_buffer: bool = False,
+        fuse_forward: bool = True,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -112,6 +121,8 @@ class CLModule(pl.LightningModule):
         self._optimizers: list[torch.optim.Optimizer] | None = None
         self._direct_step = False
         self._schedulers: list[Any] = []
+        self.fuse_forward = fuse_forward
+        self._fuse_sides: bool | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         """Copies (``copy.deepcopy`` for candidates, teachers) never carry the runner's hook."""
@@ -156,6 +167,37 @@ class CLModule(pl.LightningModule):
         features = self.backbone(x, ctx)
         logits = self.head(features)
         return ForwardOutput(logits=logits, features=features, taps=ctx.records if ctx else {})
+
+    @property
+    def fuses_side_forwards(self) -> bool:
+        """Whether side rows go through the stream forward (exact: rows do not interact)."""
+        if self._fuse_sides is None:
+            self._fuse_sides = (
+                self.fuse_forward
+                and rows_independent(self.backbone)
+                and not self._hooks["tap_modifiers"]
+                and not self.records_taps
+            )
+        return self._fuse_sides
+
+    def forward_step(self, step: Batch) -> ForwardOutput:
+        """The step's forward: stream rows, plus the plug-ins' side rows (``Batch.sides``) in
+        the same pass when that is exact, else one pass per side (role ``replay``)."""
+        if not step.sides:
+            return self.run_forward(step.x, ROLE_STREAM)
+        if not self.fuses_side_forwards:
+            out = self.run_forward(step.x, ROLE_STREAM)
+            out.sides = {n: self.run_forward(s.x, ROLE_REPLAY) for n, s in step.sides.items()}
+            return out
+        parts = [step.x, *(s.x for s in step.sides.values())]
+        sizes = [len(p) for p in parts]
+        full = self.run_forward(torch.cat(parts), ROLE_STREAM)
+        logits, features = full.logits.split(sizes), full.features.split(sizes)
+        sides = {
+            name: ForwardOutput(logits=lo, features=fe)
+            for name, lo, fe in zip(step.sides, logits[1:], features[1:], strict=True)
+        }
+        return ForwardOutput(logits=logits[0], features=features[0], sides=sides)
 
     def replay_forward(self, x_raw: torch.Tensor) -> ForwardOutput:
         """Augment raw buffer rows and forward them (role ``replay``)."""
@@ -216,7 +258,7 @@ class CLModule(pl.LightningModule):
         step = self.step_batch(batch)
         for plugin in self._hooks["prepare_batch"]:
             step = plugin.prepare_batch(step)
-        out = self.run_forward(step.x, ROLE_STREAM)
+        out = self.forward_step(step)
         losses: dict[str, torch.Tensor] = {"ce": self.classification_loss(step, out)}
         for plugin in self._hooks["loss_terms"]:
             for name, value in plugin.loss_terms(step, out).items():

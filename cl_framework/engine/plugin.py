@@ -57,6 +57,21 @@ ROLE_EVAL = "eval"
 
 
 @dataclass
+class SideRows:
+    """Rows a plug-in forwards with the step's batch but scores with its own loss term only
+    (not the stream cross-entropy), e.g. DER's replay draw and its stored logits.
+
+    The engine forwards them in the same pass as the stream rows when that is exact (a
+    backbone without batch statistics or dropout, no plug-in tap hooks), otherwise in a
+    separate pass with role ``replay``; either way :attr:`ForwardOutput.sides` holds their
+    output under the same name.
+    """
+
+    x: torch.Tensor
+    targets: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
 class Batch:
     """One training step's data, on the training device.
 
@@ -72,6 +87,13 @@ class Batch:
     x_raw: torch.Tensor
     n_stream: int
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    sides: dict[str, SideRows] = field(default_factory=dict)
+
+    def with_side(self, name: str, x: torch.Tensor, **targets: torch.Tensor) -> Batch:
+        """A new batch that also forwards ``x`` as side rows ``name`` (see :class:`SideRows`)."""
+        if name in self.sides:
+            raise RuntimeError(f"side rows '{name}' are already attached to this batch")
+        return dataclasses.replace(self, sides={**self.sides, name: SideRows(x, dict(targets))})
 
     def append(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> Batch:
         """A new batch with rows added after the existing ones (stream rows stay first)."""
@@ -90,6 +112,7 @@ class ForwardOutput:
     logits: torch.Tensor
     features: torch.Tensor
     taps: dict[str, torch.Tensor] = field(default_factory=dict)
+    sides: dict[str, ForwardOutput] = field(default_factory=dict)  # per Batch.sides name
 
 
 @dataclass

@@ -73,6 +73,7 @@ class TrainerConfig:
     num_threads: int | None = None
     steps_per_batch: int = 16
     channels_last: bool = False
+    fused_forward: bool = True
     compile: bool = False
     num_workers: int | None = None
 

@@ -1,6 +1,6 @@
 """Threads on a loaded machine: DER++-500 Seq-MNIST whole process with torch's default of one
 thread per core vs ``trainer.num_threads`` = null (auto, 1 thread for this MLP), while other
-processes keep every core busy. Interleaved, median of the repeats; appends to RESULTS.md.
+processes keep every core busy. Interleaved, median of the repeats; appends to THREADS.md.
 
     .venv/bin/python experiments/bench/threads_under_load.py [--repeats 3] [--load 2]
 """
@@ -92,7 +92,7 @@ def main() -> None:
         ]
     )
     print(text)
-    with open(ROOT / "experiments" / "bench" / "RESULTS.md", "a") as f:
+    with open(ROOT / "experiments" / "bench" / "THREADS.md", "a") as f:
         f.write(text)
 
 
