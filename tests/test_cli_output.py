@@ -73,3 +73,25 @@ def test_a_scenario_brings_its_backbone_and_trainer(overrides, backbone, epochs,
     cfg = compose_config(overrides)
     assert cfg.backbone.name == backbone
     assert (cfg.trainer.epochs, cfg.trainer.batch_size) == (epochs, batch)
+
+
+def test_summary_matrix_is_aligned_one_based_and_has_no_negative_zero():
+    from cl_framework.evaluation.report import fmt_acc, format_summary
+
+    assert fmt_acc(-0.001) == "0.00" and fmt_acc(-0.5) == "-0.50" and fmt_acc(12.345) == "12.35"
+    matrix = [[99.5, 0.0], [80.25, 97.0]]
+    metrics = {
+        "acc_matrix": {"class_il": matrix, "task_il": matrix},
+        **{k: {"class_il": -0.004, "task_il": 1.0} for k in ("final_avg_acc", "forgetting")},
+        **{k: {"class_il": 2.0, "task_il": -0.0} for k in ("bwt", "fwt")},
+        "wall_time_s": 1.0,
+        "train_time_s": 1.0,
+    }
+    lines = format_summary(metrics).splitlines()
+    header, first, second = lines[1], lines[2], lines[3]
+    assert header.split() == ["e1", "e2"] and first.startswith("  after  1:")
+    assert second.startswith("  after  2:")
+    # every column label ends where its numbers end
+    for label, value in (("e1", "99.50"), ("e2", "0.00")):
+        assert header.index(label) + len(label) == first.index(value) + len(value)
+    assert "-0.00" not in "\n".join(lines)
