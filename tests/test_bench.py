@@ -91,10 +91,16 @@ def _count_train_forwards(module: torch.nn.Module) -> list[int]:
     return calls
 
 
-def test_ours_and_handwritten_have_the_same_step_structure(make_config, tmp_path, mnist):
-    """Per step after the first: 3 forwards of 10 rows (stream, MSE draw, CE draw), 10 inserts."""
+@pytest.mark.parametrize("fused", [False, True])
+def test_ours_and_handwritten_have_the_same_step_structure(make_config, tmp_path, mnist, fused):
+    """Per step after the first: 3 forwards of 10 rows (stream, MSE draw, CE draw) apart, or one
+    of 30 with the fused forward (as hand-written-joint); 10 inserts."""
     limit = 3
-    cfg = make_config("experiment=seq-mnist/derpp-500", f"trainer.limit_train_batches={limit}")
+    cfg = make_config(
+        "experiment=seq-mnist/derpp-500",
+        f"trainer.limit_train_batches={limit}",
+        f"trainer.fused_forward={str(fused).lower()}",
+    )
     runner = build_runner(cfg, tmp_path)
     rows: list[int] = []
     runner.module.backbone.register_forward_hook(
@@ -103,7 +109,7 @@ def test_ours_and_handwritten_have_the_same_step_structure(make_config, tmp_path
     runner.run()
     steps = limit * bench_common.N_EXPERIENCES
     assert runner.module.step_count == steps
-    assert rows == [10] + [10, 10, 10] * (steps - 1)
+    assert rows == [10] + ([30] if fused else [10, 10, 10]) * (steps - 1)
     assert len(runner.module.buffer) == 10 * steps
     assert set(runner.module.buffer.fields) >= {"x", "y", "logits"}
 
@@ -121,7 +127,7 @@ def test_ours_and_handwritten_have_the_same_step_structure(make_config, tmp_path
     handwritten.build_mlp = counting_mlp
     try:
         _, _, _, hand_steps = handwritten.train_derpp(
-            mnist, n_exp=bench_common.N_EXPERIENCES, limit=limit
+            mnist, n_exp=bench_common.N_EXPERIENCES, limit=limit, joint_forward=fused
         )
     finally:
         handwritten.build_mlp = original
@@ -222,6 +228,6 @@ def test_report_writer_renders_tables(tmp_path):
     out = tmp_path / "RESULTS.md"
     bench_run.write_results(out, ctx)
     text = out.read_text()
-    assert "| ours / hand-written | 1.25 | 1.25 | <= 1.3 | yes / yes | +0.00 |" in text
+    assert "| ours / hand-written | 1.25 | 1.25 | <= 1.3 | yes / yes | " in text
     assert "| ours / avalanche-lean | 0.50 | 0.50 | <= 0.5 | yes / yes |" in text
     assert "CPU:" in text and "Threads: 1" in text
