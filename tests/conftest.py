@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -25,6 +27,20 @@ def real_data_dir() -> Path:
     if not (path / "mnist").is_dir():
         pytest.fail(f"real MNIST not found under {path}: set CLF_DATA_DIR to the shared data dir")
     return path
+
+
+def run_clf_train(
+    run_dir: Path, *overrides: str, env: dict[str, str] | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
+    """Run ``clf-train`` as a user would (a subprocess), writing into ``run_dir``."""
+    return subprocess.run(
+        [sys.executable, "-m", "cl_framework.train", *overrides, f"hydra.run.dir={run_dir}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=os.environ.copy() if env is None else env,
+    )
 
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:

@@ -5,22 +5,15 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import ROOT, compose_config
+from tests.conftest import compose_config, run_clf_train
 
 
 def clf_train(tmp_path, *overrides: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, "-m", "cl_framework.train", *overrides, f"hydra.run.dir={tmp_path}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"},  # auto threads
-    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # auto threads
+    proc = run_clf_train(tmp_path, *overrides, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc
 

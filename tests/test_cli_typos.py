@@ -4,12 +4,11 @@ and the ``+`` that Hydra suggests must not silently enable a strategy that is no
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import os
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import run_clf_train
 
 CASES = [
     (
@@ -40,14 +39,8 @@ CASES = [
 
 @pytest.mark.parametrize(("overrides", "expected"), CASES, ids=[" ".join(c[0]) for c in CASES])
 def test_typo_gets_our_message_and_exit_2(tmp_path, overrides, expected):
-    proc = subprocess.run(
-        [sys.executable, "-m", "cl_framework.train", *overrides, f"hydra.run.dir={tmp_path}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**__import__("os").environ, "HYDRA_FULL_ERROR": ""},
-    )
+    env = {**os.environ, "HYDRA_FULL_ERROR": ""}
+    proc = run_clf_train(tmp_path, *overrides, env=env, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("clf-train: config key '"), proc.stderr
     assert expected in proc.stderr
