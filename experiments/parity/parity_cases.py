@@ -26,8 +26,9 @@ class Case:
     our_overrides: Args | None
     launch_flags: tuple[str, ...] = ()
     layout: tuple[tuple[str, str, tuple[str, ...]], ...] = ()  # (dataset, root, subclasses)
-    notes: str = ""
-    extra: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # for the official run
+    setup: Callable[[], None] | None = None  # run once before either side (e.g. a checkpoint)
+    official_of: str | None = None  # an ours-only variant: judged against this case's official
 
     def prepare_official(self, checkout: Path, data_dir: Path) -> None:
         """Lay the shared data out where the official code reads it (``<checkout>/data``)."""
@@ -248,4 +249,96 @@ SER_CASES = (
     ),
 )
 
-METHODS: dict[str, tuple[Case, ...]] = {"aux": AUX_CASES, "wscl": WSCL_CASES, "ser": SER_CASES}
+# --------------------------------------------------- TwF (aimagelab/mammoth models/twf.py)
+# The checkout: Mammoth at 72c1947 (see adapters/twf_fmnist.py for why this commit).
+_TWF_ADAPTER = str(Path(__file__).resolve().parent / "adapters" / "twf_fmnist.py")
+_TWF_DIR = Path(__file__).resolve().parents[2] / "outputs" / "parity" / "twf"
+TWF_SIBLING = _TWF_DIR / "mnist-resnet18-reduced.pt"  # ours (clf-pretrain)
+TWF_LOADCHECK = _TWF_DIR / "mnist-resnet18-reduced.mammoth.pt"  # the same weights, Mammoth keys
+# the offline comparison's scale (experiments/twf/RESULTS.md): 100 train / 100 test images per
+# class, 2 epochs, batch 32, lr 0.1, Mammoth's best-config TwF coefficients
+_TWF_OFFICIAL = (
+    *("--model", "twf", "--dataset", "seq-fmnist32twf", "--buffer_size", "500"),
+    *("--lr", "0.1", "--batch_size", "32", "--minibatch_size", "32", "--n_epochs", "2"),
+    *("--der_alpha", "0.3", "--der_beta", "0.9", "--lambda_fp", "0.0005"),
+    *("--lambda_diverse_loss", "0.1", "--lambda_fp_replay", "0.1"),
+    *("--resize_maps", "1", "--min_resize_threshold", "16"),
+    *("--loadcheck", str(TWF_LOADCHECK), "--num_workers", "0", "--non_verbose", "1"),
+    *("--enable_other_metrics", "1"),
+)
+_TWF_OURS = (
+    f"strategy.twf.sibling.path={TWF_SIBLING}",
+    "trainer.epochs=2",
+    "trainer.checkpoint=false",
+    "scenario.source_options.max_train_per_class=100",
+    "scenario.source_options.max_test_per_class=100",
+)
+
+
+def _twf_sibling() -> None:
+    """Pre-train the MNIST sibling once (ours) and write its Mammoth-format copy."""
+    import subprocess
+    import sys
+
+    import torch
+
+    if not TWF_SIBLING.exists():
+        TWF_SIBLING.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [
+                str(Path(sys.executable).parent / "clf-pretrain"),
+                "experiment=pretrain/mnist-resnet18-reduced",
+                "+data.source_options.max_train_per_class=300",
+                "+data.source_options.max_test_per_class=100",
+                "training.epochs=2",
+                f"output={TWF_SIBLING}",
+                f"hydra.run.dir={TWF_SIBLING.parent / 'pretrain'}",
+            ],
+            check=True,
+        )
+    if not TWF_LOADCHECK.exists():
+        state = torch.load(TWF_SIBLING, map_location="cpu", weights_only=True)["backbone"]
+        # Mammoth's model-only loading (ignore_classifier=False) asserts a classifier in the
+        # file: a fresh nn.Linear over the 10 classes (PyTorch's default init, seeded), as
+        # our side's fresh heads; the sibling's MNIST head is not used on either side.
+        width = state["bn1.weight"].numel()
+        head = torch.nn.Linear(8 * width, 10)
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            head.reset_parameters()
+        state |= {f"classifier.{k}": v for k, v in head.state_dict().items()}
+        torch.save(state, TWF_LOADCHECK)  # key names checked by the adapter at load time
+
+
+_TWF_FLAGS = ("--register", _TWF_ADAPTER, "--threads", "1")
+TWF_CASES = (
+    Case(
+        method="twf",
+        name="twf-500",
+        label="TwF, buffer 500 (ours: sibling BN in eval mode, our default)",
+        repo="aimagelab/mammoth",
+        official_args=lambda seed: [*_TWF_OFFICIAL, "--seed", str(seed)],
+        our_overrides=_ours("seq-fashion-mnist/twf-500", *_TWF_OURS),
+        launch_flags=_TWF_FLAGS,
+        setup=_twf_sibling,
+    ),
+    Case(
+        method="twf",
+        name="twf-500-bn-train",
+        label="TwF, buffer 500, ours with Mammoth's train-mode sibling BN",
+        repo="aimagelab/mammoth",
+        official_args=None,
+        our_overrides=_ours(
+            "seq-fashion-mnist/twf-500", *_TWF_OURS, "strategy.twf.teacher_bn=train"
+        ),
+        setup=_twf_sibling,
+        official_of="twf-500",
+    ),
+)
+
+METHODS: dict[str, tuple[Case, ...]] = {
+    "aux": AUX_CASES,
+    "wscl": WSCL_CASES,
+    "ser": SER_CASES,
+    "twf": TWF_CASES,
+}

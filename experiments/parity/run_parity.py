@@ -100,7 +100,8 @@ def run_official(case: Case, seed: int, checkout: Path) -> dict[str, Any]:
         *case.official_args(seed),
     ]
     with (out / "log.txt").open("w") as log:
-        subprocess.run(cmd, check=True, cwd=checkout, env=_env(), stdout=log, stderr=log)
+        env = {**_env(), **case.env}
+        subprocess.run(cmd, check=True, cwd=checkout, env=env, stdout=log, stderr=log)
     return record_from_official(result)
 
 
@@ -155,6 +156,8 @@ def run_method(
                     todo.append((case, side, seed))
     if any(side == "official" for _, side, _ in todo) and checkout is None:
         raise SystemExit(f"--checkout is required to run the official side of '{method}'")
+    for setup in dict.fromkeys(case.setup for case, _, _ in todo if case.setup):
+        setup()  # once per method, before the parallel runs
 
     def one(item: tuple[Case, str, int]) -> tuple[Case, str, int, dict[str, Any] | None]:
         case, side, seed = item
