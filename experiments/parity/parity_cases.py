@@ -8,7 +8,7 @@ overrides for the same setting. The settings and their sources are argued in RES
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from prepare_data import torchvision_layout
@@ -26,7 +26,6 @@ class Case:
     our_overrides: Args | None
     launch_flags: tuple[str, ...] = ()
     layout: tuple[tuple[str, str, tuple[str, ...]], ...] = ()  # (dataset, root, subclasses)
-    env: dict[str, str] = field(default_factory=dict)  # for the official run
     setup: Callable[[], None] | None = None  # run once before either side (e.g. a checkpoint)
     official_of: str | None = None  # an ours-only variant: judged against this case's official
 

@@ -100,8 +100,7 @@ def run_official(case: Case, seed: int, checkout: Path) -> dict[str, Any]:
         *case.official_args(seed),
     ]
     with (out / "log.txt").open("w") as log:
-        env = {**_env(), **case.env}
-        subprocess.run(cmd, check=True, cwd=checkout, env=env, stdout=log, stderr=log)
+        subprocess.run(cmd, check=True, cwd=checkout, env=_env(), stdout=log, stderr=log)
     return record_from_official(result)
 
 
