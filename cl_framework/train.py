@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -105,10 +106,12 @@ def run(
         build_metrics,
         format_summary,
         write_outputs,
+        write_timings,
     )
     from cl_framework.evaluation.tracking import finish_loggers, log_final_metrics, log_run_config
     from cl_framework.run_config import to_plain
 
+    started = time.perf_counter()
     plain = to_plain(cfg)
     if plain.get("resume"):
         cfg, payload, output_dir, ckpt = prepare_resume(cfg, explicit_overrides, passed_keys)
@@ -116,6 +119,7 @@ def run(
         runner.load_checkpoint_payload(payload, str(ckpt))
     else:
         runner = build_runner(cfg, output_dir)
+    runner.clock.add("build (data, model, buffer)", time.perf_counter() - started)
     log_run_config(runner.loggers, runner.config)
     try:
         result = runner.run()
@@ -136,8 +140,13 @@ def run(
     log_final_metrics(runner.loggers, metrics, step=runner.module.step_count)
     finish_loggers(runner.loggers)
     if runner.rank == 0:  # DDP: one writer
-        paths = write_outputs(output_dir, metrics)
+        with runner.clock.phase("outputs (files, plots)"):
+            paths = write_outputs(output_dir, metrics)
+        timings = write_timings(
+            output_dir, runner.clock, time.perf_counter() - started, runner.train_batches
+        )
         log.info("\n%s", format_summary(metrics))
+        log.info("time by phase: %s (all: %s)", runner.clock.summary_line(), timings.name)
         log.info("outputs in %s", paths["metrics"].parent)
         results_log = plain.get("paths", {}).get("results_log")
         if results_log:

@@ -47,6 +47,7 @@ from cl_framework.engine.plugin import (
     ForwardOutput,
     StrategyPlugin,
 )
+from cl_framework.engine.timing import PhaseClock
 from cl_framework.errors import NonFiniteLossError
 from cl_framework.scenarios.transforms import BatchTransform
 
@@ -118,6 +119,7 @@ class CLModule(pl.LightningModule):
         self.step_log = StepLog(every_n_steps=max(1, log_every_n_steps))
         self.last_losses: dict[str, float] = {}
         self.step_hook: Callable[[CLModule], None] | None = None
+        self.phase_clock: PhaseClock | None = None  # set by the runner: plug-in hook times
         self._optimizers: list[torch.optim.Optimizer] | None = None
         self._direct_step = False
         self._schedulers: list[Any] = []
@@ -128,6 +130,7 @@ class CLModule(pl.LightningModule):
         """Copies (``copy.deepcopy`` for candidates, teachers) never carry the runner's hook."""
         state = dict(super().__getstate__())
         state["step_hook"] = None
+        state["phase_clock"] = None
         return state
 
     def clone(self) -> CLModule:
@@ -434,13 +437,23 @@ class CLModule(pl.LightningModule):
     # --------------------------------------------------------------- plug-ins
     def call_plugins(self, hook: str, *args: Any) -> None:
         """Call a void hook on every plug-in that implements it."""
+        clock = self.phase_clock
         for plugin in self._hooks[hook]:
-            getattr(plugin, hook)(*args)
+            if clock is None:
+                getattr(plugin, hook)(*args)
+            else:
+                with clock.phase(f"{plugin.name}.{hook}"):
+                    getattr(plugin, hook)(*args)
 
     def fold_plugins(self, hook: str, value: Any, *args: Any) -> Any:
         """Thread ``value`` through every plug-in implementing ``hook`` (hook(*args, value))."""
         fn: Callable[..., Any]
+        clock = self.phase_clock
         for plugin in self._hooks[hook]:
             fn = getattr(plugin, hook)
-            value = fn(*args, value)
+            if clock is None:
+                value = fn(*args, value)
+            else:
+                with clock.phase(f"{plugin.name}.{hook}"):
+                    value = fn(*args, value)
         return value

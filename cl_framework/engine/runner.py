@@ -41,6 +41,7 @@ from cl_framework.engine.distributed import global_rank, world_size_from_config
 from cl_framework.engine.evaluate import EvalRow, evaluate_all
 from cl_framework.engine.module import CLModule
 from cl_framework.engine.progress import ContinualProgressBar
+from cl_framework.engine.timing import PhaseClock
 from cl_framework.errors import CheckpointError, NonFiniteLossError, RunInterrupted
 from cl_framework.scenarios import Scenario, Split
 from cl_framework.scenarios.disk import batch_loader, resolve_num_workers
@@ -88,6 +89,7 @@ class RunResult:
     train_time_s: float = 0.0
     wall_time_s: float = 0.0
     experience_train_time_s: list[float] = field(default_factory=list)
+    clock: PhaseClock = field(default_factory=PhaseClock)
 
 
 @dataclass
@@ -139,6 +141,10 @@ class ContinualRunner:
         self.progress = _Progress(class_il=np.zeros((n, n)), task_il=np.zeros((n, n)))
         self._resume_mid_experience = False
         self._stop_signal: int | None = None
+        self.clock = PhaseClock()  # where the wall time goes (timings.json)
+        # main-training batches run and those an uncapped run would have (this process only):
+        # ``timings.json`` scales a ``limit_train_batches`` profile to the full run with them
+        self.train_batches = {"run": 0, "uncapped": 0}
 
     # ------------------------------------------------------------------ fits
     def make_trainer(self, label: str = "", total_steps: int = 0, leave: bool = True) -> pl.Trainer:
@@ -217,12 +223,13 @@ class ContinualRunner:
         module.begin_experience(index)
         start = time.perf_counter()
         n_epochs = epochs or self.trainer_cfg.epochs
-        for epoch in range(n_epochs):
-            loader = self.loader(
-                split, task_label, index, epoch, stream=stream, max_batches=limit_train_batches
-            )
-            label = f"{self._where(index)} | extra fit {stream} epoch {epoch + 1}/{n_epochs}"
-            self._fit_epoch(module, loader, label, leave=False)
+        with self.clock.phase("fit"):
+            for epoch in range(n_epochs):
+                loader = self.loader(
+                    split, task_label, index, epoch, stream=stream, max_batches=limit_train_batches
+                )
+                label = f"{self._where(index)} | extra fit {stream} epoch {epoch + 1}/{n_epochs}"
+                self._fit_epoch(module, loader, label, leave=False)
         return time.perf_counter() - start
 
     def _where(self, experience_index: int) -> str:
@@ -247,26 +254,31 @@ class ContinualRunner:
             module.begin_experience(experience_index)
             first_epoch, skip = 0, 0
         start = time.perf_counter()
-        for epoch in range(first_epoch, self.trainer_cfg.epochs):
-            skip_now = skip if epoch == first_epoch else 0
-            module.epoch_in_experience = epoch
-            module.batches_done_in_epoch = skip_now
-            module.call_plugins("on_epoch_start", epoch)
-            loader = self.loader(split, task_label, experience_index, epoch, skip_now)
-            n_epochs = self.trainer_cfg.epochs
-            label = f"{self._where(experience_index)} | epoch {epoch + 1}/{n_epochs}"
-            self._fit_epoch(module, loader, label, leave=epoch + 1 == n_epochs)
-            module.call_plugins("on_epoch_end", epoch)
+        with self.clock.phase("train"):
+            for epoch in range(first_epoch, self.trainer_cfg.epochs):
+                skip_now = skip if epoch == first_epoch else 0
+                module.epoch_in_experience = epoch
+                module.batches_done_in_epoch = skip_now
+                module.call_plugins("on_epoch_start", epoch)
+                loader = self.loader(split, task_label, experience_index, epoch, skip_now)
+                self.train_batches["run"] += loader.remaining_batches()
+                uncapped = self.trainer_cfg.batch_size * self.world_size
+                self.train_batches["uncapped"] += max(0, -(-len(split.y) // uncapped) - skip_now)
+                n_epochs = self.trainer_cfg.epochs
+                label = f"{self._where(experience_index)} | epoch {epoch + 1}/{n_epochs}"
+                self._fit_epoch(module, loader, label, leave=epoch + 1 == n_epochs)
+                module.call_plugins("on_epoch_end", epoch)
         return time.perf_counter() - start
 
     def evaluate(self) -> EvalRow:
         self.module.to(self.device)
-        return evaluate_all(
-            self.module,
-            self.scenario,
-            self.trainer_cfg.eval_batch_size,
-            num_workers=self.num_workers,
-        )
+        with self.clock.phase("evaluate"):
+            return evaluate_all(
+                self.module,
+                self.scenario,
+                self.trainer_cfg.eval_batch_size,
+                num_workers=self.num_workers,
+            )
 
     # ------------------------------------------------------------------- run
     def run(self) -> RunResult:
@@ -275,6 +287,7 @@ class ContinualRunner:
         scenario = self.scenario
         progress = self.progress
         self.module.step_hook = self._after_step
+        self.module.phase_clock = self.clock
         restore = self._install_signal_handlers()
         try:
             if progress.random_init is None:
@@ -300,6 +313,7 @@ class ContinualRunner:
         finally:
             restore()
             self.module.step_hook = None
+            self.module.phase_clock = None
         progress.elapsed_s += time.perf_counter() - start
         return RunResult(
             class_il=progress.class_il.copy(),
@@ -308,6 +322,7 @@ class ContinualRunner:
             train_time_s=float(sum(progress.times)),
             wall_time_s=progress.elapsed_s,
             experience_train_time_s=list(progress.times),
+            clock=self.clock,
         )
 
     def _run_experience(self, i: int) -> None:
@@ -451,6 +466,7 @@ class ContinualRunner:
                 else {"class_il": list(random_init.class_il), "task_il": list(random_init.task_il)},
                 "times": list(p.times),
                 "elapsed_s": p.elapsed_s,
+                "phases": self.clock.state_dict(),
             },
         }
 
@@ -458,7 +474,8 @@ class ContinualRunner:
         """Rank 0 writes (replicated state); other ranks return None."""
         if self.output_dir is None or self.rank != 0:
             return None
-        return atomic_save(self.checkpoint_payload(), checkpoint_path(self.output_dir))
+        with self.clock.phase("checkpoint"):
+            return atomic_save(self.checkpoint_payload(), checkpoint_path(self.output_dir))
 
     def load_checkpoint_payload(self, payload: dict[str, Any], source: str) -> None:
         """Restore a run from :meth:`checkpoint_payload` (after the run was rebuilt)."""
@@ -477,6 +494,7 @@ class ContinualRunner:
         p.random_init = None if ri is None else EvalRow(list(ri["class_il"]), list(ri["task_il"]))
         p.times = [float(t) for t in r["times"]]
         p.elapsed_s = float(r["elapsed_s"])
+        self.clock.load_state_dict(r.get("phases", {}))  # absent in checkpoints before timings
         training = payload["training"]
         pos = training["position"]
         mid = bool(pos["in_experience"]) and int(pos["experience"]) == p.completed

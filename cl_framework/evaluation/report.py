@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from cl_framework.engine.runner import RunResult
+from cl_framework.engine.timing import PhaseClock
 from cl_framework.evaluation.metrics import average_accuracy_curve, summarize
 from cl_framework.evaluation.plots import plot_accuracy_matrix, plot_average_accuracy
 
@@ -104,6 +105,25 @@ def append_results_log(log_path: Path | str, run_dir: Path, metrics: Mapping[str
     }
     with path.open("a") as fh:  # one short write per line: concurrent runs do not interleave
         fh.write(json.dumps(record) + "\n")
+    return path
+
+
+def write_timings(
+    output_dir: Path,
+    clock: PhaseClock,
+    wall_time_s: float,
+    train_batches: Mapping[str, int] | None = None,
+) -> Path:
+    """``timings.json``: the run's wall time by phase (:class:`PhaseClock`), beside metrics.json.
+
+    Kept out of ``metrics.json``, whose keys are a fixed contract; on a resumed run the phases
+    of the earlier processes are included (they travel in the checkpoint)."""
+    path = Path(output_dir) / "timings.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    report = clock.report(wall_time_s)
+    if train_batches is not None:
+        report["train_batches"] = dict(train_batches)
+    _atomic_write_text(path, json.dumps(report, indent=2))
     return path
 
 

@@ -1,0 +1,81 @@
+"""``PhaseClock`` and ``timings.json``: where a run's wall time goes, by phase."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cl_framework.engine import timing
+from cl_framework.engine.timing import PhaseClock
+from cl_framework.train import run
+from tests.conftest import compose_config
+
+
+class FakeTime:
+    """A clock that only moves when told: phase accounting checked without timing anything."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+def test_nested_phases_are_exclusive_and_add_up(monkeypatch):
+    fake = FakeTime()
+    monkeypatch.setattr(timing, "time", fake)
+    clock = PhaseClock()
+    with clock.phase("wscl.after_experience"):
+        fake.now += 2.0
+        with clock.phase("fit"):
+            fake.now += 5.0
+        with clock.phase("fit"):
+            fake.now += 3.0
+        fake.now += 1.0
+    with clock.phase("evaluate"):
+        fake.now += 0.5
+    assert clock.seconds == {
+        "wscl.after_experience > fit": pytest.approx(8.0),
+        "wscl.after_experience": pytest.approx(3.0),  # 11 s inside, 8 of them in the fits
+        "evaluate": pytest.approx(0.5),
+    }
+    assert clock.calls["wscl.after_experience > fit"] == 2
+    report = clock.report(wall_time_s=12.0)
+    assert [p["phase"] for p in report["phases"]][0] == "wscl.after_experience > fit"
+    assert report["outside_phases_s"] == pytest.approx(0.5)
+    restored = PhaseClock()
+    restored.load_state_dict(clock.state_dict())  # the checkpointed form (resume keeps them)
+    assert restored.seconds == clock.seconds and restored.calls == clock.calls
+
+
+def test_an_exception_still_closes_the_phase(monkeypatch):
+    fake = FakeTime()
+    monkeypatch.setattr(timing, "time", fake)
+    clock = PhaseClock()
+    with pytest.raises(RuntimeError), clock.phase("train"):
+        fake.now += 1.0
+        raise RuntimeError("boom")
+    with clock.phase("evaluate"):
+        fake.now += 1.0
+    assert set(clock.seconds) == {"train", "evaluate"}  # not "train > evaluate"
+
+
+def test_run_writes_timings_with_plugin_hooks_and_capped_batches(tmp_path):
+    cfg = compose_config(
+        ["strategy=[lwf]", "trainer.epochs=2", "trainer.limit_train_batches=3"]
+    )
+    run(cfg, tmp_path)
+    timings = json.loads((tmp_path / "timings.json").read_text())
+    phases = {p["phase"]: p for p in timings["phases"]}
+    n = 5  # experiences of the embedded default scenario
+    assert phases["train"]["calls"] == n
+    assert phases["evaluate"]["calls"] == n + 1  # random init + after every experience
+    assert phases["checkpoint"]["calls"] >= n
+    assert any(p.startswith("lwf.") for p in phases)  # the plug-in's own hooks are timed
+    assert {"build (data, model, buffer)", "outputs (files, plots)"} <= set(phases)
+    inside = sum(p["seconds"] for p in timings["phases"])
+    assert inside + timings["outside_phases_s"] == pytest.approx(timings["wall_time_s"], abs=0.01)
+    batches = timings["train_batches"]
+    assert batches["run"] == n * 2 * 3  # capped at 3 per epoch
+    assert batches["uncapped"] > batches["run"]
