@@ -14,6 +14,7 @@ from torch import nn
 from cl_framework.build import build_runner
 from cl_framework.engine.heads import HeadManager
 from cl_framework.engine.plugin import Batch, ForwardOutput, StrategyPlugin
+from cl_framework.errors import ConfigError
 from cl_framework.strategies import register_strategy
 
 
@@ -234,8 +235,9 @@ def test_channels_last_and_compile_options_train_to_same_numbers(make_config, tm
     """Both are pure speed options: same parameters, same forward values (up to float noise)."""
     base = ["strategy=[finetune]", "backbone=reduced_resnet18", "trainer.epochs=1",
             "scenario.n_experiences=1", "trainer.limit_train_batches=3"]  # fmt: skip
-    plain = build_runner(make_config(*base), tmp_path / "a")
+    plain = build_runner(make_config(*base, "trainer.channels_last=false"), tmp_path / "a")
     nhwc = build_runner(make_config(*base, "trainer.channels_last=true"), tmp_path / "b")
+    assert not plain.module.transform.channels_last
     assert nhwc.module.transform.channels_last
     conv = next(m for m in nhwc.module.backbone.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
@@ -252,3 +254,15 @@ def test_channels_last_and_compile_options_train_to_same_numbers(make_config, tm
     eager.module.eval()
     torch.testing.assert_close(compiled.module.predict_logits(x), eager.module.predict_logits(x))
     assert compiled.run().class_il.shape == (1, 1)
+
+
+def test_channels_last_auto_is_on_for_conv_backbones_on_cpu_only(make_config, tmp_path):
+    base = ["strategy=[finetune]", "scenario.n_experiences=1", "trainer.accelerator=cpu"]
+    conv = build_runner(make_config(*base, "backbone=reduced_resnet18"), tmp_path / "a")
+    assert conv.module.transform.channels_last  # auto is the default
+    weight = next(m for m in conv.module.modules() if isinstance(m, torch.nn.Conv2d)).weight
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    mlp = build_runner(make_config(*base, "backbone=mlp"), tmp_path / "b")
+    assert not mlp.module.transform.channels_last
+    with pytest.raises(ConfigError, match=r"trainer\.channels_last.*true, false or auto"):
+        build_runner(make_config(*base, "trainer.channels_last=nhwc"), tmp_path / "c")

@@ -42,7 +42,7 @@ def test_nested_phases_are_exclusive_and_add_up(monkeypatch):
     }
     assert clock.calls["wscl.after_experience > fit"] == 2
     report = clock.report(wall_time_s=12.0)
-    assert [p["phase"] for p in report["phases"]][0] == "wscl.after_experience > fit"
+    assert report["phases"][0]["phase"] == "wscl.after_experience > fit"
     assert report["outside_phases_s"] == pytest.approx(0.5)
     restored = PhaseClock()
     restored.load_state_dict(clock.state_dict())  # the checkpointed form (resume keeps them)
@@ -62,9 +62,7 @@ def test_an_exception_still_closes_the_phase(monkeypatch):
 
 
 def test_run_writes_timings_with_plugin_hooks_and_capped_batches(tmp_path):
-    cfg = compose_config(
-        ["strategy=[lwf]", "trainer.epochs=2", "trainer.limit_train_batches=3"]
-    )
+    cfg = compose_config(["strategy=[lwf]", "trainer.epochs=2", "trainer.limit_train_batches=3"])
     run(cfg, tmp_path)
     timings = json.loads((tmp_path / "timings.json").read_text())
     phases = {p["phase"]: p for p in timings["phases"]}

@@ -56,7 +56,7 @@ class TrainerConfig:
 
     epochs: int = 1
     batch_size: int = 32
-    eval_batch_size: int = 1000
+    eval_batch_size: int = 256
     accelerator: str = "auto"
     devices: int = 1
     num_nodes: int = 1
@@ -73,7 +73,7 @@ class TrainerConfig:
     check_finite_every_n_steps: int | None = None
     num_threads: int | None = None
     steps_per_batch: int = 16
-    channels_last: bool = False
+    channels_last: Any = "auto"  # true | false | auto (conv nets on CPU)
     fused_forward: bool = True
     compile: bool = False
     num_workers: int | None = None
