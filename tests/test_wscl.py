@@ -82,6 +82,20 @@ def test_plasticity_changes_only_the_chosen_fraction_in_the_documented_direction
     assert diff[top].all() and diff[bottom].all()
 
 
+def test_plasticity_on_channels_last_conv_weights_matches_contiguous():
+    """``trainer.channels_last`` (auto on CPU for conv nets) stores conv weights NHWC: the
+    step must change the same logical weights (it used to fail on ``view(-1)``)."""
+    torch.manual_seed(0)
+    w = torch.randn(8, 4, 3, 3)
+    scores = torch.rand(8, 4, 3, 3)
+    nhwc = w.clone().contiguous(memory_format=torch.channels_last)
+    nchw = w.clone()
+    plasticity_step([nchw], [scores], fraction=0.1, strength=0.5)
+    plasticity_step([nhwc], [scores.contiguous(memory_format=torch.channels_last)], 0.1, 0.5)
+    assert nhwc.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(nhwc, nchw, rtol=0, atol=0)
+
+
 # ------------------------------------------------------------- with a real (tiny) run
 def _tiny(tmp_path, real_data_dir, *extra):
     cfg = compose_config(

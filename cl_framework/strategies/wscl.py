@@ -157,11 +157,13 @@ def plasticity_step(
         k = min(k, p.numel() // 2)
         if k == 0:
             continue
-        flat_s, flat_p = s.reshape(-1), p.view(-1)
+        flat_s = s.reshape(-1)  # logical (NCHW) order, whatever the memory format
         top = flat_s.topk(k).indices
         bottom = (-flat_s).topk(k).indices
-        flat_p[top] *= 1.0 + strength
-        flat_p[bottom] *= 1.0 - strength
+        factor = torch.ones_like(flat_s)
+        factor[top] = 1.0 + strength
+        factor[bottom] = 1.0 - strength
+        p.mul_(factor.reshape(p.shape))  # elementwise by logical index: NHWC weights too
         changed += 2 * k
     return changed
 
