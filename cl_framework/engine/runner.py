@@ -142,7 +142,8 @@ class ContinualRunner:
         self._resume_mid_experience = False
         self._stop_signal: int | None = None
         self.clock = PhaseClock()  # where the wall time goes (timings.json)
-        # main-training batches run and those an uncapped run would have (this process only):
+        # training batches (main + plug-in fits) run and those an uncapped run would have (this
+        # process only):
         # ``timings.json`` scales a ``limit_train_batches`` profile to the full run with them
         self.train_batches = {"run": 0, "uncapped": 0}
 
@@ -228,9 +229,16 @@ class ContinualRunner:
                 loader = self.loader(
                     split, task_label, index, epoch, stream=stream, max_batches=limit_train_batches
                 )
+                self._count_batches(loader, split)
                 label = f"{self._where(index)} | extra fit {stream} epoch {epoch + 1}/{n_epochs}"
                 self._fit_epoch(module, loader, label, leave=False)
         return time.perf_counter() - start
+
+    def _count_batches(self, loader: TensorBatchLoader, split: Split, skip: int = 0) -> None:
+        """Batches this epoch runs, and those it would run without ``limit_train_batches``."""
+        self.train_batches["run"] += loader.remaining_batches()
+        rows_per_step = loader.batch_size * self.world_size
+        self.train_batches["uncapped"] += max(0, -(-len(split.y) // rows_per_step) - skip)
 
     def _where(self, experience_index: int) -> str:
         return f"experience {experience_index + 1}/{self.scenario.n_experiences}"
@@ -261,9 +269,7 @@ class ContinualRunner:
                 module.batches_done_in_epoch = skip_now
                 module.call_plugins("on_epoch_start", epoch)
                 loader = self.loader(split, task_label, experience_index, epoch, skip_now)
-                self.train_batches["run"] += loader.remaining_batches()
-                uncapped = self.trainer_cfg.batch_size * self.world_size
-                self.train_batches["uncapped"] += max(0, -(-len(split.y) // uncapped) - skip_now)
+                self._count_batches(loader, split, skip_now)
                 n_epochs = self.trainer_cfg.epochs
                 label = f"{self._where(experience_index)} | epoch {epoch + 1}/{n_epochs}"
                 self._fit_epoch(module, loader, label, leave=epoch + 1 == n_epochs)

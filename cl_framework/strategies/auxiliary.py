@@ -68,7 +68,7 @@ class AuxiliaryStream(StrategyPlugin):
         next_heads: str = "most_activated"
         aux_batch_size: int | None = None
         aux_ratio: Any = "dataset"
-        assign_batch_size: int = 1000
+        assign_batch_size: int = 256
         mixing: str = "union"
 
     def __init__(self, cfg: Config) -> None:
