@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cl_framework.engine.timing import SEPARATOR
+
 ROOT = Path(__file__).resolve().parent.parent
 HERE = ROOT / "experiments" / "profile"
 BIN = Path(sys.executable).parent
@@ -170,7 +172,10 @@ def cprofile_child(out: Path, overrides: list[str]) -> None:
 
 
 def scales(path: str) -> bool:
-    return any(seg.split(".")[-1] in SCALED_SEGMENTS for seg in path.split(" > "))
+    """A phase's exclusive time grows with the batches when the phase *is* a training loop
+    (``train``, a plug-in's ``fit``); phases nested in one (a dream pool made once per
+    experience, epoch hooks) are per-experience costs."""
+    return path.split(SEPARATOR)[-1] in SCALED_SEGMENTS
 
 
 def full_estimate(timings: dict[str, Any]) -> dict[str, Any]:

@@ -77,3 +77,23 @@ def test_run_writes_timings_with_plugin_hooks_and_capped_batches(tmp_path):
     batches = timings["train_batches"]
     assert batches["run"] == n * 2 * 3  # capped at 3 per epoch
     assert batches["uncapped"] > batches["run"]
+
+
+def test_plugin_timed_blocks_are_phases_of_their_own(monkeypatch):
+    from types import SimpleNamespace
+
+    from cl_framework.engine.plugin import StrategyPlugin
+
+    fake = FakeTime()
+    monkeypatch.setattr(timing, "time", fake)
+    clock = PhaseClock()
+    plugin = StrategyPlugin(cfg=None)
+    plugin.name = "d2l"
+    with plugin.timed("dream pool"):  # before setup: a no-op, nothing recorded
+        fake.now += 1.0
+    plugin._ctx = SimpleNamespace(module=SimpleNamespace(phase_clock=clock))
+    with clock.phase("train"):
+        fake.now += 2.0
+        with plugin.timed("dream pool"):
+            fake.now += 5.0
+    assert clock.seconds == {"train": pytest.approx(2.0), "train > d2l.dream pool": 5.0}

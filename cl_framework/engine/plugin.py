@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -169,6 +170,13 @@ class StrategyPlugin(nn.Module):
     @property
     def module(self) -> CLModule:
         return self.ctx.module
+
+    def timed(self, name: str) -> AbstractContextManager[None]:
+        """Time a block as its own phase ``<plug-in>.<name>`` of ``timings.json`` (e.g. making
+        dreams inside a training step), so profiles do not take it for per-step work; a no-op
+        outside a run (a candidate copy, a unit test)."""
+        clock = self._ctx.module.phase_clock if self._ctx is not None else None
+        return clock.phase(f"{self.name}.{name}") if clock is not None else nullcontext()
 
     @property
     def buffer(self) -> ReplayBuffer:

@@ -432,14 +432,15 @@ class Dream2Learn(StrategyPlugin):
         bound, classes = self.ctx.heads.bindings(OWNER)
         xs, ys = [], []
         n = self.cfg.images_per_class
-        for head, dream_id in zip(bound.tolist(), classes.tolist(), strict=True):
-            dream = self.inventory.entries[dream_id]
-            xs.append(
-                self.inventory.regenerate(
-                    self.generator, dream, n, sample_seed(dream.seed, index), self._input_shape
+        with self.timed("dream pool"):  # once per experience, not per step
+            for head, dream_id in zip(bound.tolist(), classes.tolist(), strict=True):
+                dream = self.inventory.entries[dream_id]
+                xs.append(
+                    self.inventory.regenerate(
+                        self.generator, dream, n, sample_seed(dream.seed, index), self._input_shape
+                    )
                 )
-            )
-            ys.append(torch.full((n,), head, dtype=torch.long))
+                ys.append(torch.full((n,), head, dtype=torch.long))
         c, h, w = self._input_shape
         x = torch.cat(xs) if xs else torch.zeros(0, c, h, w, dtype=torch.uint8)
         y = torch.cat(ys) if ys else torch.zeros(0, dtype=torch.long)
