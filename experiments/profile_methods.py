@@ -341,6 +341,8 @@ def main() -> None:
         if not args.no_cprofile:
             t = run_one(f"{m.method}-method", m.experiment, m.overrides, m.cprofile_limit, True)
             entry["profile"] = profile_tables(Path(t["run_dir"]) / "profile.pstats")
+        if "profile" not in entry and "profile" in results.get(m.method, {}):
+            entry["profile"] = results[m.method]["profile"]  # --no-cprofile keeps the last one
         results[m.method] = entry
         results_path.write_text(json.dumps(results, indent=2))
     text = markdown(results)
