@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -435,25 +436,20 @@ class CLModule(pl.LightningModule):
                 load_scheduler_state(sched, sched_state)
 
     # --------------------------------------------------------------- plug-ins
+    def _hook_phase(self, plugin: StrategyPlugin, hook: str) -> AbstractContextManager[None]:
+        """The hook call's phase in ``timings.json`` while the runner's clock is attached."""
+        clock = self.phase_clock
+        return nullcontext() if clock is None else clock.phase(f"{plugin.name}.{hook}")
+
     def call_plugins(self, hook: str, *args: Any) -> None:
         """Call a void hook on every plug-in that implements it."""
-        clock = self.phase_clock
         for plugin in self._hooks[hook]:
-            if clock is None:
+            with self._hook_phase(plugin, hook):
                 getattr(plugin, hook)(*args)
-            else:
-                with clock.phase(f"{plugin.name}.{hook}"):
-                    getattr(plugin, hook)(*args)
 
     def fold_plugins(self, hook: str, value: Any, *args: Any) -> Any:
         """Thread ``value`` through every plug-in implementing ``hook`` (hook(*args, value))."""
-        fn: Callable[..., Any]
-        clock = self.phase_clock
         for plugin in self._hooks[hook]:
-            fn = getattr(plugin, hook)
-            if clock is None:
-                value = fn(*args, value)
-            else:
-                with clock.phase(f"{plugin.name}.{hook}"):
-                    value = fn(*args, value)
+            with self._hook_phase(plugin, hook):
+                value = getattr(plugin, hook)(*args, value)
         return value

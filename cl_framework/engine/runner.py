@@ -89,7 +89,6 @@ class RunResult:
     train_time_s: float = 0.0
     wall_time_s: float = 0.0
     experience_train_time_s: list[float] = field(default_factory=list)
-    clock: PhaseClock = field(default_factory=PhaseClock)
 
 
 @dataclass
@@ -142,9 +141,8 @@ class ContinualRunner:
         self._resume_mid_experience = False
         self._stop_signal: int | None = None
         self.clock = PhaseClock()  # where the wall time goes (timings.json)
-        # training batches (main + plug-in fits) run and those an uncapped run would have (this
-        # process only):
-        # ``timings.json`` scales a ``limit_train_batches`` profile to the full run with them
+        # training batches (main + plug-in fits) run, and those an uncapped run would have (this
+        # process only): ``timings.json`` scales a ``limit_train_batches`` profile with them
         self.train_batches = {"run": 0, "uncapped": 0}
 
     # ------------------------------------------------------------------ fits
@@ -328,7 +326,6 @@ class ContinualRunner:
             train_time_s=float(sum(progress.times)),
             wall_time_s=progress.elapsed_s,
             experience_train_time_s=list(progress.times),
-            clock=self.clock,
         )
 
     def _run_experience(self, i: int) -> None:

@@ -38,16 +38,17 @@ class PhaseClock:
         finally:
             self._stack.pop()
             total = time.perf_counter() - float(frame[1])  # type: ignore[arg-type]
-            own = total - float(frame[2])  # type: ignore[arg-type]
-            self.seconds[path] = self.seconds.get(path, 0.0) + own
-            self.calls[path] = self.calls.get(path, 0) + 1
+            self._record(path, total - float(frame[2]))  # type: ignore[arg-type]
             if self._stack:
                 self._stack[-1][2] = float(self._stack[-1][2]) + total  # type: ignore[arg-type]
 
     def add(self, name: str, seconds: float) -> None:
         """Record a top-level phase timed elsewhere (building the run, before the clock)."""
-        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
-        self.calls[name] = self.calls.get(name, 0) + 1
+        self._record(name, seconds)
+
+    def _record(self, path: str, seconds: float) -> None:
+        self.seconds[path] = self.seconds.get(path, 0.0) + seconds
+        self.calls[path] = self.calls.get(path, 0) + 1
 
     def state_dict(self) -> dict[str, dict[str, float]]:
         return {
