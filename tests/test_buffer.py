@@ -448,3 +448,22 @@ def test_buffer_on_cuda() -> None:
         assert torch.equal(again.sample(5)["index"], buf.sample(5)["index"])
         buf.to("cpu")
         assert buf.sample(3)["x"].device.type == "cpu" and len(buf) == 20
+
+
+def test_replace_contents_holds_exactly_the_given_rows() -> None:
+    """A plug-in-managed memory (iCaRL's herding): the buffer then holds those rows only, in
+    order, and sampling draws from them; class_balanced refuses (its bookkeeping would lie)."""
+    buf = ReplayBuffer(10)
+    buf.add(x=torch.arange(8.0).unsqueeze(1), y=torch.arange(8))
+    buf.replace_contents(x=torch.tensor([[100.0], [101.0], [102.0]]), y=torch.tensor([5, 6, 7]))
+    assert len(buf) == 3 and buf.num_seen == 8
+    assert buf.all(["y"])["y"].tolist() == [5, 6, 7]
+    assert set(buf.sample(10, fields=["x"])["x"].squeeze(1).tolist()) == {100.0, 101.0, 102.0}
+    with pytest.raises(ValueError, match="capacity"):
+        buf.replace_contents(x=torch.zeros(11, 1), y=torch.zeros(11, dtype=torch.long))
+    with pytest.raises(ValueError, match="missing"):
+        buf.replace_contents(x=torch.zeros(2, 1))
+    with pytest.raises(ValueError, match="reservoir"):
+        ReplayBuffer(4, policy="class_balanced").replace_contents(
+            y=torch.zeros(1, dtype=torch.long)
+        )

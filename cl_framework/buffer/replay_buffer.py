@@ -143,6 +143,25 @@ class ReplayBuffer:
         self.num_seen += batch
         return slots
 
+    def replace_contents(self, **fields: torch.Tensor) -> None:
+        """Hold exactly these rows (slots ``0..n-1``), dropping every other one.
+
+        For plug-ins that manage the memory themselves (``StrategyPlugin.fills_buffer``), e.g.
+        iCaRL's herding, which shrinks old classes and adds the new ones' exemplars at once.
+        Reservoir policy only; ``num_seen`` is left as it is.
+        """
+        if self.policy != "reservoir":
+            raise ValueError("ReplayBuffer.replace_contents needs the reservoir policy")
+        n = self._check_batch(fields, what="replace_contents")
+        if n > self.capacity:
+            raise ValueError(f"ReplayBuffer.replace_contents: {n} rows > capacity {self.capacity}")
+        missing = [name for name in self._storage if name not in fields]
+        if missing:
+            raise ValueError(f"ReplayBuffer.replace_contents: missing field(s) {missing}")
+        for name, value in self._prepare(fields).items():
+            self._storage[name][:n] = value
+        self._size = n
+
     def _select_reservoir(self, batch: int) -> torch.Tensor:
         uniforms = torch.rand(
             batch, generator=self._generator, dtype=torch.float64, device=self.device

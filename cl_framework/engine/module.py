@@ -5,12 +5,13 @@ One training step (manual optimisation, so plug-ins may bring their own optimize
 1. map dataset labels to heads, augment the stream rows on the device;
 2. ``prepare_batch`` of each plug-in (append replay / auxiliary rows);
 3. forward with the plug-ins' tap modifiers (taps recorded if a plug-in needs them);
-4. the base cross-entropy (masked by ``logit_mask`` hooks and, in task-IL, by task) plus every
-   plug-in's named ``loss_terms``;
+4. the base cross-entropy (masked by ``logit_mask`` hooks and, in task-IL, by task; left out
+   when a plug-in ``replaces_ce``) plus every plug-in's named ``loss_terms``;
 5. a finiteness check of the loss (every ``check_finite_every_n_steps``; before backward, so a
    NaN never reaches the weights), backward, ``before_optimizer_step`` hooks, step every
    optimizer;
-6. offer the stream rows (+ plug-ins' ``buffer_fields``) to the shared buffer once;
+6. offer the stream rows (+ plug-ins' ``buffer_fields``) to the shared buffer once (unless a
+   plug-in fills the buffer itself: ``fills_buffer``);
 7. ``after_train_step`` hooks, then the runner's step hook (periodic checkpoints, interrupts).
 
 Optimizers and schedulers are built once per experience (``begin_experience``) and reused by
@@ -109,6 +110,9 @@ class CLModule(pl.LightningModule):
             hook: [p for p in plugins if p.overrides(hook)] for hook in HOOKS
         }
         self.uses_buffer = buffer is not None and any(p.uses_buffer for p in plugins)
+        # a plug-in that fills the buffer itself (episodic memory, herding) takes over insertion
+        self.offers_stream_rows = self.uses_buffer and not any(p.fills_buffer for p in plugins)
+        self.base_ce = not any(p.replaces_ce for p in plugins)
         self.records_taps = any(p.needs_taps for p in plugins)
         self.check_finite_every_n_steps = check_finite_every_n_steps
         self.replicate_buffer = replicate_buffer
@@ -209,8 +213,13 @@ class CLModule(pl.LightningModule):
 
     @torch.inference_mode()
     def predict_logits(self, x_raw: torch.Tensor) -> torch.Tensor:
-        """Eval-mode logits of raw uint8 inputs (caller sets ``eval()``)."""
-        return self.run_forward(self.transform.to_float(x_raw), ROLE_EVAL).logits
+        """Eval-mode scores of raw uint8 inputs (caller sets ``eval()``): the head's logits,
+        or what the plug-ins' ``eval_logits`` hooks make of them (iCaRL's NME classifier)."""
+        out = self.run_forward(self.transform.to_float(x_raw), ROLE_EVAL)
+        logits = out.logits
+        for plugin in self._hooks["eval_logits"]:
+            logits = plugin.eval_logits(out, logits)
+        return logits
 
     # ------------------------------------------------------------------- loss
     def classification_loss(self, batch: Batch, out: ForwardOutput) -> torch.Tensor:
@@ -263,12 +272,16 @@ class CLModule(pl.LightningModule):
         for plugin in self._hooks["prepare_batch"]:
             step = plugin.prepare_batch(step)
         out = self.forward_step(step)
-        losses: dict[str, torch.Tensor] = {"ce": self.classification_loss(step, out)}
+        losses: dict[str, torch.Tensor] = {}
+        if self.base_ce:
+            losses["ce"] = self.classification_loss(step, out)
         for plugin in self._hooks["loss_terms"]:
             for name, value in plugin.loss_terms(step, out).items():
                 if name in losses:
                     raise RuntimeError(f"loss term '{name}' of '{plugin.name}' is already defined")
                 losses[name] = value
+        if not losses:
+            raise RuntimeError("no loss term: a plug-in with replaces_ce returned none")
         total = torch.stack([v.reshape(()) for v in losses.values()]).sum()
         every = self.check_finite_every_n_steps
         if every > 0 and self.step_count % every == 0 and not bool(torch.isfinite(total)):
@@ -298,7 +311,7 @@ class CLModule(pl.LightningModule):
         for opt in optimizers:
             opt.step()
 
-        if self.uses_buffer:
+        if self.offers_stream_rows:
             n = step.n_stream
             fields = {"x": step.x_raw, "y": step.y, "t": step.t}
             for plugin in self._hooks["buffer_fields"]:

@@ -49,6 +49,7 @@ HOOKS: tuple[str, ...] = (
     "after_train_step",
     "configure_optimizers",
     "main_parameters",
+    "eval_logits",
 )
 
 #: Forward roles passed to :meth:`StrategyPlugin.tap_modifiers`.
@@ -140,12 +141,19 @@ class StrategyPlugin(nn.Module):
     * ``needs_in_memory_data``: the plug-in works on whole training tensors (not batch by batch),
       so it cannot run on a source streamed from disk (``scenario.storage``); such a run is
       refused before training.
+    * ``fills_buffer``: the plug-in decides itself which rows enter the shared buffer (an
+      episodic memory filled at experience end, herding, greedy class balance), so the engine
+      does not offer the stream rows to it after each step.
+    * ``replaces_ce``: the plug-in's ``loss_terms`` carry the classification objective (iCaRL's
+      binary cross-entropy with distillation targets), so the engine adds no ``ce`` term.
     """
 
     name: ClassVar[str] = ""
     uses_buffer: ClassVar[bool] = False
     needs_taps: ClassVar[bool] = False
     needs_in_memory_data: ClassVar[bool] = False
+    fills_buffer: ClassVar[bool] = False
+    replaces_ce: ClassVar[bool] = False
 
     @dataclass
     class Config:
@@ -177,6 +185,12 @@ class StrategyPlugin(nn.Module):
         outside a run (a candidate copy, a unit test)."""
         clock = self._ctx.module.phase_clock if self._ctx is not None else None
         return clock.phase(f"{self.name}.{name}") if clock is not None else nullcontext()
+
+    @property
+    def run_seed(self) -> int:
+        """The run's seed (0 outside a run), to derive this plug-in's own generators from."""
+        runner = self.ctx.runner
+        return int(runner.seed) if runner is not None else 0
 
     @property
     def buffer(self) -> ReplayBuffer:
@@ -253,6 +267,12 @@ class StrategyPlugin(nn.Module):
     def main_parameters(self) -> Iterable[nn.Parameter]:
         """Extra parameters trained by the main optimizer together with backbone and heads."""
         return []
+
+    def eval_logits(self, out: ForwardOutput, logits: torch.Tensor) -> torch.Tensor:
+        """The scores evaluation takes the argmax of, given the eval forward ``out`` and the
+        scores so far (the head's logits, or a previous plug-in's): an evaluation-time
+        classifier such as iCaRL's nearest mean of exemplars returns its own scores here."""
+        return logits
 
     # ------------------------------------------------------------------ state
     def plugin_state(self) -> dict[str, Any]:
