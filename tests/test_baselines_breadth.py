@@ -196,3 +196,21 @@ def test_episodic_memory_refuses_a_buffer_smaller_than_the_experiences(
     cfg = make_config("experiment=seq-digits/agem", f"buffer.size={capacity}")
     with pytest.raises(ConfigError, match=r"buffer\.size"):
         build_runner(cfg, tmp_path).run()
+
+
+@pytest.mark.parametrize("benchmark", ["seq-mnist", "perm-mnist", "rot-mnist"])
+def test_every_baseline_config_validates(make_config, benchmark):
+    """Each DER-paper config (Mammoth best args) composes, and its strategy hyper-parameters
+    pass the plug-ins' schemas (a mistyped key or a wrong type fails here, not mid-sweep)."""
+    from cl_framework.strategies.registry import build_strategies
+    from tests.conftest import CONF_DIR
+
+    names = sorted(p.stem for p in (CONF_DIR / "experiment" / benchmark).glob("[!_]*.yaml"))
+    assert len(names) >= 10
+    for name in names:
+        cfg = make_config(f"experiment={benchmark}/{name}")
+        plugins = build_strategies(cfg.strategy)
+        assert plugins, name
+        if benchmark != "seq-mnist":
+            assert cfg.scenario.setting == "domain-il" and cfg.scenario.n_experiences == 20
+            assert cfg.trainer.batch_size == 128 and cfg.trainer.epochs == 1

@@ -291,3 +291,36 @@ def test_slurm_multirun_writes_the_local_layout(tmp_path):
     (again,) = launch.slurm_commands(more, runs)
     assert "experiment=seq-digits/der" in again and "seed=1" in again
     assert "hydra/launcher=slurm" in again
+
+
+def _measure_module():
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "experiments/leaderboard/measure_baselines.py"
+    spec = importlib.util.spec_from_file_location("measure_baselines", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_measure_baselines_aggregates_seeds_by_hand(tmp_path):
+    """Mean and sample std over the seeds that finished; configs without runs are left out;
+    the d2l configs (which need a generator) are not baselines; GEM-5120 only on request."""
+    mb = _measure_module()
+    for seed, (c, t) in enumerate([(40.0, 90.0), (44.0, 96.0)]):
+        run = tmp_path / "seq-mnist/agem-200" / f"seed{seed}"
+        run.mkdir(parents=True)
+        metrics = {"final_avg_acc": {"class_il": c, "task_il": t}, "wall_time_s": 10.0 + seed}
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    rows = mb.summarise(tmp_path, ["seq-mnist/agem-200", "seq-mnist/gem-200"], [0, 1, 2])
+    assert [r["experiment"] for r in rows] == ["seq-mnist/agem-200"]
+    row = rows[0]
+    assert row["n"] == 2 and row["class_il"] == (42.0, pytest.approx(2.8284271, rel=1e-6))
+    assert row["task_il"][0] == 93.0 and row["wall_s"] == 10.5
+    assert "| `seq-mnist/agem-200` | 2 | 42.00 +- 2.83 | 93.00 +- 4.24 | 10 |" in mb.markdown(
+        {"seq-mnist": rows}
+    )
+    exps = mb.experiments_of("seq-mnist", with_slow=False)
+    assert "seq-mnist/agem-200" in exps and "seq-mnist/gem-5120" not in exps
+    assert not any("d2l" in e for e in exps)
+    assert "seq-mnist/gem-5120" in mb.experiments_of("seq-mnist", with_slow=True)
