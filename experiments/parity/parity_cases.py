@@ -335,7 +335,44 @@ TWF_CASES = (
     ),
 )
 
+
+# ------------------------------------------- DER-paper baselines (aimagelab/mammoth)
+# Seq-MNIST with the Mammoth code behind the DER paper's Table 2 (its first public commit,
+# 7ab9db9, 2020), its own dataset class and --load_best_args: the check of our A-GEM / GEM /
+# iCaRL / SI ports, the paper's numbers being unreadable here.
+def _mammoth_baseline(model: str, buffer: int | None) -> Args:
+    def args(seed: int) -> list[str]:
+        buf = ["--buffer_size", str(buffer)] if buffer is not None else []
+        return [
+            *("--dataset", "seq-mnist", "--model", model, *buf),
+            *("--load_best_args", "--seed", str(seed)),
+        ]
+
+    return args
+
+
+def _baseline_case(model: str, buffer: int | None, experiment: str, label: str) -> Case:
+    return Case(
+        method="baselines",
+        name=experiment.split("/")[-1],
+        label=label,
+        repo="aimagelab/mammoth@7ab9db9",
+        official_args=_mammoth_baseline(model, buffer),
+        our_overrides=_ours(experiment, "trainer.checkpoint=false"),
+        launch_flags=("--threads", "1", "--csv-log"),
+        layout=_MNIST_LAYOUT,
+    )
+
+
+BASELINE_CASES = (
+    _baseline_case("agem", 500, "seq-mnist/agem-500", "A-GEM, buffer 500"),
+    _baseline_case("icarl", 500, "seq-mnist/icarl-500", "iCaRL, buffer 500"),
+    _baseline_case("si", None, "seq-mnist/si", "SI"),
+    _baseline_case("gem", 500, "seq-mnist/gem-500", "GEM, buffer 500"),
+)
+
 METHODS: dict[str, tuple[Case, ...]] = {
+    "baselines": BASELINE_CASES,
     "aux": AUX_CASES,
     "wscl": WSCL_CASES,
     "ser": SER_CASES,
