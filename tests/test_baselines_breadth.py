@@ -214,3 +214,21 @@ def test_every_baseline_config_validates(make_config, benchmark):
         if benchmark != "seq-mnist":
             assert cfg.scenario.setting == "domain-il" and cfg.scenario.n_experiences == 20
             assert cfg.trainer.batch_size == 128 and cfg.trainer.epochs == 1
+
+
+def test_icarl_replays_exemplars_only_when_asked(make_config, tmp_path):
+    """replay_exemplars: the paper's training set is new data + exemplars; false gives the
+    new data only (Mammoth's 2020 code, whose begin_task is never called)."""
+    for replay, extra in ((True, 200), (False, 0)):
+        cfg = make_config(
+            "experiment=seq-digits/icarl",
+            "trainer.epochs=1",
+            "scenario.n_experiences=5",
+            f"strategy.icarl.replay_exemplars={str(replay).lower()}",
+        )
+        runner = build_runner(cfg, tmp_path / str(replay))
+        runner.run()
+        icarl = runner.module.plugins[0]
+        exp = runner.scenario[4]
+        data = icarl.train_data(exp, exp.train)
+        assert len(data) == len(exp.train) + extra

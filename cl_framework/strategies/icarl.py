@@ -4,7 +4,9 @@
   each experience end: greedily, the sample that brings the running mean of the chosen
   exemplars' features closest to the class mean (un-augmented images, eval mode). Old classes
   keep their first exemplars in herding order.
-* Training data: the experience's samples plus every exemplar (one shuffled union).
+* Training data: the experience's samples plus every exemplar (one shuffled union), as in the
+  paper; ``replay_exemplars: false`` trains on the experience's samples only, which is what
+  Mammoth's 2020 code (the DER paper's Table 2) does: its ``begin_task`` is never called.
 * Loss: binary cross-entropy over the heads seen so far (this experience included); the
   targets of the previous experiences' heads are the sigmoid outputs of the network frozen at
   the last experience end (distillation), those of the current heads are one-hot.
@@ -58,6 +60,10 @@ class ICaRL(RehearsalPlugin):
     @dataclass
     class Config:
         wd_reg: float = 0.0  # L2 penalty on all weights (Mammoth --wd_reg; 0 in its best args)
+        # train on the exemplars with the new data (the paper's Algorithm 3; later Mammoth);
+        # false = exemplars only classify, as in Mammoth's 2020 code (its begin_task, which adds
+        # them, is never called), i.e. the setting of the DER paper's iCaRL rows
+        replay_exemplars: bool = True
         feature_batch_size: int = 256  # rows per forward when herding and computing class means
 
     def __init__(self, cfg: Config) -> None:
@@ -89,7 +95,7 @@ class ICaRL(RehearsalPlugin):
         self.old_heads = self._heads_up_to(experience.index - 1)
 
     def train_data(self, experience: Experience, split: Split) -> Split:
-        if self.buffer.is_empty:
+        if self.buffer.is_empty or not self.cfg.replay_exemplars:
             return split
         memory = self.buffer.all(["x", "y"])
         return split.with_foreign_rows(memory["x"].cpu(), memory["y"].cpu())

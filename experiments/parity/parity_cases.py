@@ -367,6 +367,20 @@ def _baseline_case(model: str, buffer: int | None, experiment: str, label: str) 
 BASELINE_CASES = (
     _baseline_case("agem", 500, "seq-mnist/agem-500", "A-GEM, buffer 500"),
     _baseline_case("icarl", 500, "seq-mnist/icarl-500", "iCaRL, buffer 500"),
+    Case(
+        method="baselines",
+        name="icarl-500-no-replay",
+        label="iCaRL, buffer 500, ours without exemplar replay in training (the 2020 code's)",
+        repo="aimagelab/mammoth@7ab9db9",
+        official_args=None,
+        our_overrides=_ours(
+            "seq-mnist/icarl-500",
+            "trainer.checkpoint=false",
+            "strategy.icarl.replay_exemplars=false",
+        ),
+        layout=_MNIST_LAYOUT,
+        official_of="icarl-500",
+    ),
     _baseline_case("si", None, "seq-mnist/si", "SI"),
     _baseline_case("gem", 500, "seq-mnist/gem-500", "GEM, buffer 500"),
 )
