@@ -17,20 +17,18 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from cl_framework.engine.plugin import Batch, ForwardOutput, StrategyContext
 from cl_framework.errors import ConfigError
 from cl_framework.scenarios import Experience, Split
 from cl_framework.strategies.registry import register_strategy
 from cl_framework.strategies.rehearsal import RehearsalPlugin
+from cl_framework.strategies.teacher import FrozenTeacherMixin
 
 
 def herding_order(features: torch.Tensor, k: int) -> torch.Tensor:
@@ -51,7 +49,7 @@ def herding_order(features: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @register_strategy
-class ICaRL(RehearsalPlugin):
+class ICaRL(FrozenTeacherMixin, RehearsalPlugin):
     name = "icarl"
     fills_buffer = True
     replaces_ce = True
@@ -162,15 +160,8 @@ class ICaRL(RehearsalPlugin):
         x_all, y_all = torch.cat(kept_x), torch.cat(kept_y)
         t_all = torch.full_like(y_all, 0)  # task labels are not used by iCaRL's memory
         buffer.replace_contents(x=x_all, y=y_all, t=t_all)
-        object.__setattr__(self, "teacher", self._make_teacher())
+        self.freeze_teacher()
         self._means = None
-
-    def _make_teacher(self) -> nn.Module:
-        module = self.module
-        teacher = nn.Sequential(copy.deepcopy(module.backbone), copy.deepcopy(module.head))
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        return teacher.eval()
 
     def class_means(self) -> torch.Tensor:
         """(n_heads, d) mean exemplar feature per head (NaN rows for heads with none)."""
@@ -193,16 +184,3 @@ class ICaRL(RehearsalPlugin):
         dist = torch.cdist(out.features.float(), means.nan_to_num(0.0)).pow(2)
         scores = -dist
         return scores.masked_fill(means.isnan().any(1).unsqueeze(0), torch.finfo(scores.dtype).min)
-
-    # ------------------------------------------------------------------ state
-    def plugin_state(self) -> dict[str, Any]:
-        teacher = self.teacher
-        return {"teacher": None if teacher is None else teacher.state_dict()}
-
-    def load_plugin_state(self, state: Mapping[str, Any]) -> None:
-        if state.get("teacher") is None:
-            object.__setattr__(self, "teacher", None)
-            return
-        teacher = self._make_teacher()
-        teacher.load_state_dict(state["teacher"])
-        object.__setattr__(self, "teacher", teacher.to(self.module.device))

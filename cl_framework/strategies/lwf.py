@@ -11,18 +11,16 @@ like Mammoth's logits recorded on the non-augmented images.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from cl_framework.engine.plugin import Batch, ForwardOutput, StrategyContext, StrategyPlugin
 from cl_framework.scenarios import Experience
 from cl_framework.strategies.registry import register_strategy
+from cl_framework.strategies.teacher import FrozenTeacherMixin
 
 
 def sharpen(probs: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -31,7 +29,7 @@ def sharpen(probs: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 @register_strategy
-class LwF(StrategyPlugin):
+class LwF(FrozenTeacherMixin, StrategyPlugin):
     name = "lwf"
 
     @dataclass
@@ -54,13 +52,6 @@ class LwF(StrategyPlugin):
         self.register_buffer("old_heads", torch.zeros(n_heads, dtype=torch.bool))
         self.register_buffer("seen_heads", torch.zeros(n_heads, dtype=torch.bool))
 
-    def _make_teacher(self) -> nn.Module:
-        module = self.module
-        teacher = nn.Sequential(copy.deepcopy(module.backbone), copy.deepcopy(module.head))
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        return teacher.eval()
-
     def before_experience(self, experience: Experience) -> None:
         module = self.module
         heads = module.heads
@@ -74,7 +65,7 @@ class LwF(StrategyPlugin):
         if experience.index == 0:
             return
         self._warm_up(experience)
-        object.__setattr__(self, "teacher", self._make_teacher())
+        self.freeze_teacher()
 
     def _warm_up(self, experience: Experience) -> None:
         """Train only the classifier on frozen features for the new experience's heads."""
@@ -120,15 +111,3 @@ class LwF(StrategyPlugin):
             params = self.module.trainable_parameters()
             terms["lwf_l2"] = self.cfg.wd_reg * sum((p**2).sum() for p in params)
         return terms
-
-    def plugin_state(self) -> dict[str, Any]:
-        teacher = self.teacher
-        return {"teacher": None if teacher is None else teacher.state_dict()}
-
-    def load_plugin_state(self, state: Mapping[str, Any]) -> None:
-        if state.get("teacher") is None:
-            object.__setattr__(self, "teacher", None)
-            return
-        teacher = self._make_teacher()
-        teacher.load_state_dict(state["teacher"])
-        object.__setattr__(self, "teacher", teacher.to(self.module.device))
