@@ -22,8 +22,8 @@ CASES = [
         "valid keys are: size, scale, ratio",
     ),
     (["strategy=[nosuch]"], "config key 'strategy': unknown choice 'nosuch'"),
-    (["strategy=nosuch"], "valid choices are: auxiliary, d2l, der, derpp, er, er_ace, ewc_on"),
-    (["experiment=seq-mnist/nosuch"], "valid choices are: seq-mnist/der-200, seq-mnist/der-500"),
+    (["strategy=nosuch"], "valid choices are: agem, auxiliary, d2l, der, derpp"),
+    (["experiment=seq-mnist/nosuch"], "valid choices are: seq-mnist/agem-200, seq-mnist/agem-500"),
     (
         ["strategy=[er]", "strategy.derpp.alpha=1"],
         "'strategy.derpp': this strategy is not selected",
