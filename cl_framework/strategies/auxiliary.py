@@ -183,14 +183,10 @@ class AuxiliaryStream(StrategyPlugin):
                 "add_aux_classes",
             )
         heads.release()
-        generator = torch.Generator().manual_seed(self._seed() * 1_000_003 + _BIND_SALT)
+        generator = torch.Generator().manual_seed(self.run_seed * 1_000_003 + _BIND_SALT)
         bound = heads.bind_classes(OWNER, n_aux, generator=generator)
         names = self.sources[0].class_names
         log.info("auxiliary classes bound to heads 0..: %s", [names[c] for c in bound.tolist()])
-
-    def _seed(self) -> int:
-        runner = self.ctx.runner
-        return int(runner.seed) if runner is not None else 0
 
     def _load(self, name: str, ctx: StrategyContext) -> DataSource:
         data_dir = self.cfg.data_dir
@@ -228,7 +224,7 @@ class AuxiliaryStream(StrategyPlugin):
         if experience.index == 0:
             chosen, rule = heads.assign_in_order(classes), "in order"
         elif self.cfg.next_heads == "random":
-            seed = (self._seed() * 1_000_003 + _ASSIGN_SALT) * 10_007 + experience.index
+            seed = (self.run_seed * 1_000_003 + _ASSIGN_SALT) * 10_007 + experience.index
             chosen = heads.assign_random(classes, torch.Generator().manual_seed(seed))
             rule = "random"
         else:
@@ -309,7 +305,7 @@ class AuxiliaryStream(StrategyPlugin):
     def indices(self, epoch: int, start: int, k: int, n: int) -> torch.Tensor:
         """Positions ``start..start+k-1`` of the epoch's auxiliary order (reshuffled per pass;
         exact on resume, see :class:`PoolOrder`)."""
-        return self._order.indices(self._seed(), self.module.experience_index, epoch, start, k, n)
+        return self._order.indices(self.run_seed, self.module.experience_index, epoch, start, k, n)
 
     def prepare_batch(self, batch: Batch) -> Batch:
         if self.cfg.mixing == "union":

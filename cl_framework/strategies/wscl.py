@@ -491,7 +491,7 @@ class WSCL(AuxiliaryStream):
         n = len(rows["y"])
         if not self.stm:
             self.stm = {k: v[:0].detach().cpu().clone() for k, v in rows.items()}
-        gen = torch.Generator().manual_seed(self._seed() * 7_919 + self.stm_seen)
+        gen = torch.Generator().manual_seed(self.run_seed * 7_919 + self.stm_seen)
         keep, slots = [], []
         for i in range(n):
             seen = self.stm_seen + i
@@ -585,7 +585,7 @@ class WSCL(AuxiliaryStream):
         bs = self._batch_size()
         for epoch in range(self.cfg.nrem_epochs):
             scores = [torch.zeros_like(p) for p in params]
-            seed = epoch_seed(self._seed(), experience.index, epoch, NREM_STREAM)
+            seed = epoch_seed(self.run_seed, experience.index, epoch, NREM_STREAM)
             order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
             for s in range(0, len(y), bs):
                 idx = order[s : s + bs].to(device)
@@ -621,7 +621,7 @@ class WSCL(AuxiliaryStream):
         n_real = self._n_real.get(experience.index) or len(experience.train)
         n_use = min(n, self.cfg.rem_samples if self.cfg.rem_samples is not None else n_real)
         for epoch in range(self.cfg.rem_epochs):
-            seed = epoch_seed(self._seed(), experience.index, epoch, REM_STREAM)
+            seed = epoch_seed(self.run_seed, experience.index, epoch, REM_STREAM)
             order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:n_use]
             for s in range(0, n_use, bs):
                 idx = order[s : s + bs].to(pool.x.device)

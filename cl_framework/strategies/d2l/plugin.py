@@ -210,10 +210,6 @@ class Dream2Learn(StrategyPlugin):
             generator.to(device)
         return generator
 
-    def _seed(self) -> int:
-        runner = self.ctx.runner
-        return int(runner.seed) if runner is not None else 0
-
     @property
     def _input_shape(self) -> tuple[int, int, int]:
         c, h, w = self.ctx.scenario.input_shape
@@ -286,7 +282,7 @@ class Dream2Learn(StrategyPlugin):
                 record["dreams"].append(self._record(dream, result, "refresh"))
         free = [h for h in heads.free_heads().tolist() if h not in alive_heads]
         gen = torch.Generator().manual_seed(
-            (self._seed() * 1_000_003 + _DREAM_SALT) * 10_007 + experience.index
+            (self.run_seed * 1_000_003 + _DREAM_SALT) * 10_007 + experience.index
         )
         while len(self.inventory) < self.cfg.dream_classes and free:
             head = free.pop(0)
@@ -450,7 +446,7 @@ class Dream2Learn(StrategyPlugin):
 
     def indices(self, epoch: int, start: int, k: int, n: int) -> torch.Tensor:
         """Positions ``start..start+k-1`` of the epoch's dream-row order (exact on resume)."""
-        return self._order.indices(self._seed(), self.module.experience_index, epoch, start, k, n)
+        return self._order.indices(self.run_seed, self.module.experience_index, epoch, start, k, n)
 
     def prepare_batch(self, batch: Batch) -> Batch:
         if len(self.inventory) == 0 or self.cfg.dream_ratio == 0:
