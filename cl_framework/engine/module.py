@@ -12,7 +12,12 @@ One training step (manual optimisation, so plug-ins may bring their own optimize
    optimizer;
 6. offer the stream rows (+ plug-ins' ``buffer_fields``) to the shared buffer once (unless a
    plug-in fills the buffer itself: ``fills_buffer``);
-7. ``after_train_step`` hooks, then the runner's step hook (periodic checkpoints, interrupts).
+7. ``after_train_step`` hooks (which may take further optimizer steps with
+   :meth:`CLModule.extra_step`: FDR, MER), then the runner's step hook (periodic checkpoints,
+   interrupts).
+
+A run whose plug-in does not train on the stream (``trains_on_stream = False``: GDumb) skips
+steps 2-5 and 7's hooks: its stream steps only offer rows to the buffer.
 
 Optimizers and schedulers are built once per experience (``begin_experience``) and reused by
 every per-epoch fit of that experience, so a run can resume in the middle of an experience.
@@ -113,6 +118,8 @@ class CLModule(pl.LightningModule):
         # a plug-in that fills the buffer itself (episodic memory, herding) takes over insertion
         self.offers_stream_rows = self.uses_buffer and not any(p.fills_buffer for p in plugins)
         self.base_ce = not any(p.replaces_ce for p in plugins)
+        # GDumb learns from the buffer only: the stream steps just offer their rows to it
+        self.trains_on_stream = all(p.trains_on_stream for p in plugins)
         self.records_taps = any(p.needs_taps for p in plugins)
         self.check_finite_every_n_steps = check_finite_every_n_steps
         self.replicate_buffer = replicate_buffer
@@ -269,6 +276,8 @@ class CLModule(pl.LightningModule):
 
     def _train_one(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         step = self.step_batch(batch)
+        if not self.trains_on_stream:
+            return self._offer_only(step)
         for plugin in self._hooks["prepare_batch"]:
             step = plugin.prepare_batch(step)
         out = self.forward_step(step)
@@ -291,44 +300,71 @@ class CLModule(pl.LightningModule):
                 terms={k: float(v.detach()) for k, v in losses.items()},
             )
 
-        if self._direct_step:
-            # single device, fp32: Lightning's backward/step wrappers only dispatch hooks that
-            # CLModule does not use; call torch directly (about 100 us less per step on CPU)
-            optimizers = self._optimizers
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
-            total.backward()
-        else:
-            optimizers = self._optimizer_list()
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
-            self.manual_backward(total)
-        for plugin in self._hooks["before_optimizer_step"]:
-            plugin.before_optimizer_step()
-        if self.gradient_clip_val is not None:
-            for opt in optimizers:
-                self.clip_gradients(opt, gradient_clip_val=self.gradient_clip_val)
-        for opt in optimizers:
-            opt.step()
+        self._backward_and_step(total, surgery=True)
 
         if self.offers_stream_rows:
-            n = step.n_stream
             fields = {"x": step.x_raw, "y": step.y, "t": step.t}
             for plugin in self._hooks["buffer_fields"]:
                 fields.update(plugin.buffer_fields(step, out))
-            rows = {k: v[:n].detach() for k, v in fields.items()}
-            if self.replicate_buffer:  # DDP: every rank inserts the whole global batch
-                rows = {k: gather_rows(v) for k, v in rows.items()}
-            self.buffer.add(**rows)
+            self._offer_rows(fields, step.n_stream)
         for plugin in self._hooks["after_train_step"]:
             plugin.after_train_step(step, out)
+        return self._end_step(total, losses)
 
+    def _offer_rows(self, fields: dict[str, torch.Tensor], n: int) -> None:
+        rows = {k: v[:n].detach() for k, v in fields.items()}
+        if self.replicate_buffer:  # DDP: every rank inserts the whole global batch
+            rows = {k: gather_rows(v) for k, v in rows.items()}
+        self.buffer.add(**rows)
+
+    def _offer_only(self, step: Batch) -> torch.Tensor:
+        """A step of a run that does not train on the stream (``trains_on_stream``): no
+        forward, no optimizer step, no plug-in step hooks; the stream rows go to the buffer."""
+        if self.offers_stream_rows:
+            self._offer_rows({"x": step.x_raw, "y": step.y, "t": step.t}, step.n_stream)
+        zero = torch.zeros((), device=step.x.device)
+        return self._end_step(zero, {})
+
+    def _end_step(self, total: torch.Tensor, losses: dict[str, torch.Tensor]) -> torch.Tensor:
         self.step_count += 1
         self.batches_done_in_epoch += 1
         self._record_losses(total, losses)
         if self.step_hook is not None:
             self.step_hook(self)
         return total.detach()
+
+    def _backward_and_step(self, loss: torch.Tensor, surgery: bool) -> None:
+        if self._direct_step:
+            # single device, fp32: Lightning's backward/step wrappers only dispatch hooks that
+            # CLModule does not use; call torch directly (about 100 us less per step on CPU)
+            optimizers = self._optimizers
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            loss.backward()
+        else:
+            optimizers = self._optimizer_list()
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+        if surgery:
+            for plugin in self._hooks["before_optimizer_step"]:
+                plugin.before_optimizer_step()
+        if self.gradient_clip_val is not None:
+            for opt in optimizers:
+                self.clip_gradients(opt, gradient_clip_val=self.gradient_clip_val)
+        for opt in optimizers:
+            opt.step()
+
+    def extra_step(self, loss: torch.Tensor) -> None:
+        """One more optimizer step, on ``loss`` alone, inside the current training step.
+
+        For strategies whose update is several optimizer steps per mini-batch (FDR's
+        function-distance step after the task step, MER's inner Reptile steps); call it from
+        ``after_train_step``. It goes through the same optimizers, gradient clipping and
+        precision plug-in as the main step, but not through ``before_optimizer_step`` (the
+        gradient surgery of the main objective) and it records no loss terms.
+        """
+        self._backward_and_step(loss, surgery=False)
 
     def on_train_start(self) -> None:
         from pytorch_lightning.strategies import SingleDeviceStrategy

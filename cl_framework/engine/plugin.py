@@ -146,6 +146,9 @@ class StrategyPlugin(nn.Module):
       does not offer the stream rows to it after each step.
     * ``replaces_ce``: the plug-in's ``loss_terms`` carry the classification objective (iCaRL's
       binary cross-entropy with distillation targets), so the engine adds no ``ce`` term.
+    * ``trains_on_stream``: False for a plug-in that learns from the buffer only (GDumb): the
+      engine's stream steps then only offer their rows to the buffer (no forward, no optimizer
+      step, no step-level hooks) and the plug-in trains in ``after_experience``.
     """
 
     name: ClassVar[str] = ""
@@ -154,6 +157,7 @@ class StrategyPlugin(nn.Module):
     needs_in_memory_data: ClassVar[bool] = False
     fills_buffer: ClassVar[bool] = False
     replaces_ce: ClassVar[bool] = False
+    trains_on_stream: ClassVar[bool] = True
 
     @dataclass
     class Config:
