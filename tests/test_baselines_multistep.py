@@ -1,0 +1,162 @@
+"""FDR, MER and GDumb: the baselines whose update is not one optimizer step on the stream
+batch, and the engine parts they use (``CLModule.extra_step``, ``trains_on_stream``).
+Mechanisms by hand, memory statistics and step counts on real seq-digits runs."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cl_framework.build import build_runner
+from cl_framework.engine.module import CLModule
+from cl_framework.strategies.fdr import function_distance
+from cl_framework.strategies.gdumb import GDumb
+from cl_framework.strategies.mer import flat_params, reptile_update
+
+
+def _count_extra_steps(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    original = CLModule.extra_step
+
+    def counting(self, loss):
+        calls.append(self.step_count)
+        return original(self, loss)
+
+    monkeypatch.setattr(CLModule, "extra_step", counting)
+    return calls
+
+
+# -------------------------------------------------------------------------------- FDR
+def test_function_distance_by_hand():
+    a = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
+    b = torch.tensor([[0.0, 0.0], [0.0, 1.0]])
+    p = 1 / (1 + torch.exp(torch.tensor(-1.0)))  # softmax([1, 0])[0]
+    # row 0: identical outputs; row 1: (p, 1-p) vs (1-p, p) -> sqrt(2) * |2p - 1|
+    expected = (2**0.5 * abs(2 * p - 1)) / 2
+    assert torch.isclose(function_distance(a, b), expected)
+
+
+def test_fdr_memory_is_balanced_by_experience_with_logits_of_its_end(
+    make_config, tmp_path, monkeypatch
+):
+    """buffer.size // n_finished rows per experience, each with the logits the network gave
+    it when its experience ended; one extra (function-distance) step per step with memory."""
+    calls = _count_extra_steps(monkeypatch)
+    cfg = make_config("experiment=seq-digits/fdr", "trainer.epochs=1")
+    runner = build_runner(cfg, tmp_path)
+    runner.run()
+    module = runner.module
+    assert not module.offers_stream_rows
+    memory = module.buffer.all(["x", "y", "logits", "exp"])
+    assert memory["exp"].bincount().tolist() == [40] * 5  # 200 // 5 finished experiences
+    for exp in runner.scenario:
+        rows = memory["exp"] == exp.index
+        assert set(memory["y"][rows].tolist()) <= set(module.heads.heads_of(exp.classes).tolist())
+    fdr = module.plugins[0]
+    now = fdr._logits(memory["x"])
+    last = memory["exp"] == 4
+    assert torch.allclose(now[last], memory["logits"][last], atol=1e-5)  # stored at its end
+    assert not torch.allclose(now[~last], memory["logits"][~last], atol=1e-2)  # older ones
+    steps_per_exp = module.step_count // 5
+    assert len(calls) == module.step_count - steps_per_exp  # every step after experience 0
+
+
+# -------------------------------------------------------------------------------- MER
+def test_reptile_update_by_hand():
+    layer = nn.Linear(2, 1)
+    params = list(layer.parameters())
+    start = flat_params(params)
+    with torch.no_grad():
+        for p in params:
+            p.add_(1.0)
+    reptile_update(params, start, 0.25)
+    assert torch.allclose(flat_params(params), start + 0.25)
+
+
+def test_mer_with_unit_rates_and_one_draw_is_er(make_config, tmp_path):
+    """beta = gamma = 1, batch_num = 1: one step on stream + replay draw, exactly ER's step
+    (same draws from the same buffer generator), so the runs are identical."""
+    common = ("trainer.epochs=1", "trainer.batch_size=10", "buffer.size=200", "seed=3")
+    mer = build_runner(
+        make_config(
+            "experiment=seq-digits/mer",
+            *common,
+            "strategy.mer.beta=1.0",
+            "strategy.mer.gamma=1.0",
+            "strategy.mer.batch_num=1",
+            "strategy.mer.minibatch_size=32",
+        ),
+        tmp_path / "mer",
+    ).run()
+    er = build_runner(
+        make_config("experiment=seq-digits/er", *common, "strategy.er.minibatch_size=32"),
+        tmp_path / "er",
+    ).run()
+    assert mer.class_il.tolist() == er.class_il.tolist()
+
+
+def test_mer_takes_batch_num_steps_and_interpolates(make_config, tmp_path, monkeypatch):
+    """batch_num inner steps per stream batch (the first is the engine's step); the
+    across-batch Reptile update puts the parameters at theta_A + gamma (theta - theta_A),
+    theta the inner steps' result, at every step of a real run."""
+    from cl_framework.strategies.mer import MER
+
+    inner: list[torch.Tensor] = []
+    original_extra = CLModule.extra_step
+
+    def extra(self, loss):
+        original_extra(self, loss)
+        inner.append(flat_params(self.trainable_parameters()))
+
+    gaps: list[float] = []
+    original_after = MER.after_train_step
+
+    def after(self, batch, out):
+        theta_a = self._start.clone()
+        original_after(self, batch, out)
+        expected = theta_a + 0.5 * (inner[-1] - theta_a)
+        gaps.append(float((flat_params(self.module.trainable_parameters()) - expected).abs().max()))
+
+    monkeypatch.setattr(CLModule, "extra_step", extra)
+    monkeypatch.setattr(MER, "after_train_step", after)
+    cfg = make_config(
+        "experiment=seq-digits/mer",
+        "trainer.epochs=1",
+        "strategy.mer.batch_num=3",
+        "strategy.mer.beta=1.0",
+        "strategy.mer.gamma=0.5",
+    )
+    runner = build_runner(cfg, tmp_path)
+    runner.run()
+    assert len(inner) == 2 * runner.module.step_count
+    assert len(gaps) == runner.module.step_count and max(gaps) < 1e-6
+
+
+# ------------------------------------------------------------------------------ GDumb
+def test_gdumb_learns_only_from_a_balanced_buffer(make_config, tmp_path, monkeypatch):
+    """The stream never changes the weights (each fit starts from the previous fit's result
+    and is reset to the run's initial weights); the memory ends class-balanced."""
+    starts: list[torch.Tensor] = []
+    ends: list[torch.Tensor] = []
+    original_fit = GDumb.fit
+
+    def fit(self, seed):
+        starts.append(flat_params(self.module.trainable_parameters()))
+        original_fit(self, seed)
+        ends.append(flat_params(self.module.trainable_parameters()))
+
+    monkeypatch.setattr(GDumb, "fit", fit)
+    cfg = make_config("experiment=seq-digits/gdumb", "strategy.gdumb.epochs=3")
+    runner = build_runner(cfg, tmp_path)
+    initial = flat_params(runner.module.trainable_parameters())
+    result = runner.run()
+    assert len(starts) == 5
+    assert torch.equal(starts[0], initial)  # experience 0's stream steps left it untouched
+    for before, after_previous in zip(starts[1:], ends[:-1], strict=True):
+        assert torch.equal(before, after_previous)
+    gdumb = runner.module.plugins[0]
+    gdumb.reset_network()
+    assert torch.equal(flat_params(runner.module.trainable_parameters()), initial)
+    counts = runner.module.buffer.all(["y"])["y"].bincount()
+    assert counts.tolist() == [20] * 10  # 200 slots over 10 seen classes
+    assert result.class_il[-1].mean() > 50.0  # three epochs on the memory already learn
