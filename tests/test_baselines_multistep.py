@@ -11,6 +11,7 @@ from cl_framework.build import build_runner
 from cl_framework.engine.module import CLModule
 from cl_framework.strategies.fdr import function_distance
 from cl_framework.strategies.gdumb import GDumb
+from cl_framework.strategies.gss import gss_score
 from cl_framework.strategies.mer import flat_params, reptile_update
 
 
@@ -160,3 +161,52 @@ def test_gdumb_learns_only_from_a_balanced_buffer(make_config, tmp_path, monkeyp
     counts = runner.module.buffer.all(["y"])["y"].bincount()
     assert counts.tolist() == [20] * 10  # 200 slots over 10 seen classes
     assert result.class_il[-1].mean() > 50.0  # three epochs on the memory already learn
+
+
+# -------------------------------------------------------------------------------- GSS
+def test_gss_score_by_hand():
+    g = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    memory = torch.tensor([[0.0, 1.0], [-1.0, 0.0]])
+    # row 0: cosines 0 and -1 -> 1 + 0; row 1: cosines 1 and 0 -> 1 + 1
+    assert gss_score(g, memory).tolist() == [1.0, 2.0]
+
+
+def test_gss_keeps_only_rows_whose_gradients_point_away(make_config, tmp_path, monkeypatch):
+    """Full memory: a batch whose gradient agrees with a memory gradient (score >= 1) changes
+    nothing; a batch pointing away from all of them replaces slots, each new row with its own
+    score. On the real run the memory filled up with scores in [0, 2]."""
+    runner = build_runner(make_config("experiment=seq-digits/gss", "trainer.epochs=1"), tmp_path)
+    runner.run()
+    buffer, gss = runner.module.buffer, runner.module.plugins[0]
+    assert len(buffer) == buffer.capacity == 200
+    scores = buffer.all(["gss_score"])["gss_score"]
+    assert float(scores.min()) >= 0.0 and float(scores.max()) <= 2.0
+    split = runner.scenario[0].train
+    x, y = split.x[:7], runner.module.heads.map(split.y[:7])  # 7 rows: not the memory's 10
+    t = torch.zeros_like(y)
+    before = {k: v.clone() for k, v in buffer.all(["x", "gss_score"]).items()}
+    width = sum(p.numel() for p in runner.module.trainable_parameters())
+    e1 = torch.zeros(width)
+    e1[0] = 1.0
+
+    def aligned(x_raw, labels, per_row):
+        return e1.expand(len(labels) if per_row else 1, width).clone()
+
+    monkeypatch.setattr(gss, "_grads", aligned)
+    gss.insert(x, y, t)
+    after = buffer.all(["x", "gss_score"])
+    assert torch.equal(after["x"], before["x"])
+
+    def opposed(x_raw, labels, per_row):
+        if per_row and len(labels) == min(gss.cfg.gss_minibatch_size, len(buffer)):
+            return e1.expand(len(labels), width).clone()  # the memory sample
+        return (-e1).expand(len(labels) if per_row else 1, width).clone()
+
+    monkeypatch.setattr(gss, "_grads", opposed)
+    gss.insert(x, y, t)
+    after = buffer.all(["x", "gss_score"])
+    changed = (after["x"] != before["x"]).flatten(1).any(1)
+    assert 1 <= int(changed.sum()) <= 7
+    assert torch.all(after["gss_score"][changed] == 0.0)  # 1 + cos(-e1, e1)
+    offered = {tuple(r.flatten().tolist()) for r in x}
+    assert all(tuple(r.flatten().tolist()) in offered for r in after["x"][changed])
