@@ -333,18 +333,17 @@ class CLModule(pl.LightningModule):
             self.step_hook(self)
         return total.detach()
 
-    def _backward_and_step(self, loss: torch.Tensor, surgery: bool) -> None:
-        if self._direct_step:
-            # single device, fp32: Lightning's backward/step wrappers only dispatch hooks that
-            # CLModule does not use; call torch directly (about 100 us less per step on CPU)
-            optimizers = self._optimizers
+    def _backward_and_step(self, loss: torch.Tensor, surgery: bool, zero: bool = True) -> None:
+        direct = self._direct_step
+        # single device, fp32: Lightning's backward/step wrappers only dispatch hooks that
+        # CLModule does not use; call torch directly (about 100 us less per step on CPU)
+        optimizers = self._optimizers if direct else self._optimizer_list()
+        if zero:
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
+        if direct:
             loss.backward()
         else:
-            optimizers = self._optimizer_list()
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
             self.manual_backward(loss)
         if surgery:
             for plugin in self._hooks["before_optimizer_step"]:
@@ -355,16 +354,18 @@ class CLModule(pl.LightningModule):
         for opt in optimizers:
             opt.step()
 
-    def extra_step(self, loss: torch.Tensor) -> None:
-        """One more optimizer step, on ``loss`` alone, inside the current training step.
+    def extra_step(self, loss: torch.Tensor, accumulate: bool = False) -> None:
+        """One more optimizer step inside the current training step.
 
         For strategies whose update is several optimizer steps per mini-batch (FDR's
         function-distance step after the task step, MER's inner Reptile steps); call it from
         ``after_train_step``. It goes through the same optimizers, gradient clipping and
         precision plug-in as the main step, but not through ``before_optimizer_step`` (the
-        gradient surgery of the main objective) and it records no loss terms.
+        gradient surgery of the main objective) and it records no loss terms. The step uses
+        the gradient of ``loss`` alone, or with ``accumulate`` that gradient added to the ones
+        the previous step left in ``.grad`` (HAL: the task gradient plus the anchor term's).
         """
-        self._backward_and_step(loss, surgery=False)
+        self._backward_and_step(loss, surgery=False, zero=not accumulate)
 
     def on_train_start(self) -> None:
         from pytorch_lightning.strategies import SingleDeviceStrategy

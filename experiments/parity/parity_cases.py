@@ -383,6 +383,10 @@ BASELINE_CASES = (
     ),
     _baseline_case("si", None, "seq-mnist/si", "SI"),
     _baseline_case("gem", 500, "seq-mnist/gem-500", "GEM, buffer 500"),
+    _baseline_case("fdr", 500, "seq-mnist/fdr-500", "FDR, buffer 500"),
+    _baseline_case("mer", 500, "seq-mnist/mer-500", "MER, buffer 500"),
+    _baseline_case("gss", 500, "seq-mnist/gss-500", "GSS, buffer 500"),
+    _baseline_case("hal", 500, "seq-mnist/hal-500", "HAL, buffer 500"),
 )
 
 METHODS: dict[str, tuple[Case, ...]] = {
