@@ -181,7 +181,8 @@ class ContinualRunner:
         batch_size: int | None = None,
         max_batches: int | None = None,
     ) -> TensorBatchLoader:
-        """One epoch of shuffled batches of ``split``; the shuffle depends only on the seeds.
+        """One epoch of shuffled batches of ``split`` (in order for a stream split,
+        ``Split.ordered``); the shuffle depends only on the seeds.
 
         A split streamed from disk gets the same batches, decoded by ``trainer.num_workers``
         worker processes (:mod:`cl_framework.scenarios.disk`)."""
@@ -193,6 +194,7 @@ class ContinualRunner:
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
             seed=epoch_seed(self.seed, experience, epoch, stream),
+            shuffle=not split.ordered,
             skip_batches=skip_batches,
             max_batches=max_batches
             if max_batches is not None

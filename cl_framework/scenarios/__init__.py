@@ -1,10 +1,10 @@
 """Data sources and their splitting into experiences (class-IL, task-IL, domain-IL).
 
 Importing this package registers the built-in sources: ``digits`` (bundled with scikit-learn),
-``mnist``, ``fashion-mnist``, ``perm-mnist``, ``rot-mnist``, ``cifar10``, ``cifar100``,
-``cifar100-coarse12``, ``svhn``, ``tinyimagenet``, ``imagenet_subset``, ``imagenet-r``,
-``cub200``, ``imagefolder`` and ``avalanche`` (any Avalanche benchmark, from a factory).
-See ``docs/benchmarks.md`` for layouts and downloads.
+``mnist``, ``fashion-mnist``, ``perm-mnist``, ``rot-mnist``, ``mnist-360``, ``cifar10``,
+``cifar100``, ``cifar100-coarse12``, ``svhn``, ``tinyimagenet``, ``imagenet_subset``,
+``imagenet-r``, ``cub200``, ``imagefolder`` and ``avalanche`` (any Avalanche benchmark, from a
+factory). See ``docs/benchmarks.md`` for layouts and downloads.
 """
 
 # The source modules are imported for their side effect: each registers its sources.
@@ -18,6 +18,7 @@ from cl_framework.scenarios import (  # noqa: F401
     imagenet,
     imagenet_r,
     mnist,
+    mnist360,
     resized,
     svhn,
     tinyimagenet,

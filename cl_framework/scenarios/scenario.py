@@ -14,7 +14,7 @@ accuracy equals class-IL accuracy.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -49,6 +49,7 @@ class Split:
     y: torch.Tensor = field(repr=False)
     t: torch.Tensor | None = field(default=None, repr=False)
     head: torch.Tensor | None = field(default=None, repr=False)
+    ordered: bool = False  # a stream in a fixed order (mnist-360): the loader does not shuffle
 
     def __post_init__(self) -> None:
         if len(self.x) != len(self.y):
@@ -217,7 +218,7 @@ def build_scenario(
             Experience(
                 index=index,
                 classes=tuple(range(start, stop)),
-                train=_take(source.train_x, train_y, in_train),
+                train=replace(_take(source.train_x, train_y, in_train), ordered=source.ordered),
                 val=val,
                 test=_take(source.test_x, test_y, in_test),
                 task_label=index,

@@ -44,6 +44,8 @@ class DataSource:
     ``experience_sizes`` is set by sources that come with their own split into experiences
     (an Avalanche benchmark): classes 0..n-1 are already in experience order, and experience k
     holds the next ``experience_sizes[k]`` classes.
+    ``ordered`` is set by stream sources (``mnist-360``): the training rows are a stream in a
+    fixed order, which the training loader keeps instead of shuffling.
     """
 
     name: str
@@ -56,6 +58,7 @@ class DataSource:
     std: tuple[float, ...]
     domain_shift: DomainShift | None = field(default=None, repr=False)
     experience_sizes: tuple[int, ...] | None = None
+    ordered: bool = False
 
     def __post_init__(self) -> None:
         # Checked once here so every scenario can rely on these invariants.
