@@ -29,14 +29,13 @@ import torch.nn.functional as F
 
 from cl_framework.engine.plugin import (
     ROLE_EVAL,
-    ROLE_STREAM,
     Batch,
     ForwardOutput,
     StrategyContext,
 )
 from cl_framework.errors import ConfigError
 from cl_framework.strategies.registry import register_strategy
-from cl_framework.strategies.rehearsal import RehearsalPlugin
+from cl_framework.strategies.rehearsal import InnerStepsReplayPlugin
 
 #: Mixed with the run seed for the plug-in's own generator (memory subsets, replacements).
 _GSS_SALT = 6_007
@@ -49,7 +48,7 @@ def gss_score(g: torch.Tensor, memory_grads: torch.Tensor) -> torch.Tensor:
 
 
 @register_strategy
-class GSS(RehearsalPlugin):
+class GSS(InnerStepsReplayPlugin):
     name = "gss"
     fills_buffer = True
 
@@ -65,7 +64,6 @@ class GSS(RehearsalPlugin):
             if getattr(cfg, key) < 1:
                 raise ConfigError(f"strategy.gss.{key}", "must be >= 1", f"set {key}: 10")
         self._generator: torch.Generator | None = None
-        self._later: list[dict[str, torch.Tensor] | None] = []
 
     def setup(self, ctx: StrategyContext) -> None:
         super().setup(ctx)
@@ -83,22 +81,10 @@ class GSS(RehearsalPlugin):
         return self._generator
 
     # ------------------------------------------------------------------ training
-    def prepare_batch(self, batch: Batch) -> Batch:
-        size = self.cfg.minibatch_size
-        draws = [self.draw(size, ("x", "y", "t")) for _ in range(self.cfg.batch_num)]
-        self._later = draws[1:]
-        first = draws[0]
-        return batch if first is None else batch.append(first["x"], first["y"], first["t"])
-
     def after_train_step(self, batch: Batch, out: ForwardOutput) -> None:
-        module, n = self.module, batch.n_stream
-        for draw in self._later:
-            x, y, t = batch.x[:n], batch.y[:n], batch.t[:n]
-            if draw is not None:
-                x, y, t = (torch.cat([v, draw[k]]) for k, v in (("x", x), ("y", y), ("t", t)))
-            inner = Batch(x=x, y=y, t=t, x_raw=batch.x_raw, n_stream=n)
-            module.extra_step(module.classification_loss(inner, module.run_forward(x, ROLE_STREAM)))
-        self._later = []
+        for draw in self.later_draws():
+            self.inner_step(batch, draw)
+        n = batch.n_stream
         self.insert(batch.x_raw[:n], batch.y[:n], batch.t[:n])
 
     # ------------------------------------------------------------------ memory

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from cl_framework.engine.plugin import ROLE_STREAM, Batch, ForwardOutput
+from cl_framework.engine.plugin import Batch, ForwardOutput
 from cl_framework.errors import ConfigError
 from cl_framework.strategies.registry import register_strategy
-from cl_framework.strategies.rehearsal import RehearsalPlugin
+from cl_framework.strategies.rehearsal import InnerStepsReplayPlugin
 
 
 def flat_params(params: Sequence[nn.Parameter]) -> torch.Tensor:
@@ -45,7 +45,7 @@ def reptile_update(params: Sequence[nn.Parameter], start: torch.Tensor, rate: fl
 
 
 @register_strategy
-class MER(RehearsalPlugin):
+class MER(InnerStepsReplayPlugin):
     name = "mer"
 
     @dataclass
@@ -65,33 +65,22 @@ class MER(RehearsalPlugin):
                 raise ConfigError(f"strategy.mer.{key}", "must be in (0, 1]", f"set {key}: 1.0")
         self._reptile = not (cfg.beta == 1 and cfg.gamma == 1)
         self._start: torch.Tensor | None = None
-        self._later: list[dict[str, torch.Tensor] | None] = []
 
     def prepare_batch(self, batch: Batch) -> Batch:
         if self._reptile:
             self._start = flat_params(self.module.trainable_parameters())
-        size = self.cfg.minibatch_size
-        draws = [self.draw(size, ("x", "y", "t")) for _ in range(self.cfg.batch_num)]
-        self._later = draws[1:]
-        first = draws[0]
-        return batch if first is None else batch.append(first["x"], first["y"], first["t"])
+        return super().prepare_batch(batch)
 
     def after_train_step(self, batch: Batch, out: ForwardOutput) -> None:
-        module = self.module
-        params = module.trainable_parameters()
+        params = self.module.trainable_parameters()
         start = self._start
         if start is not None:  # first inner batch: theta_W = theta_A
             reptile_update(params, start, self.cfg.beta)
-        n = batch.n_stream
-        for draw in self._later:
+        for draw in self.later_draws():
             inner_start = flat_params(params) if self._reptile else None
-            x, y, t = batch.x[:n], batch.y[:n], batch.t[:n]
-            if draw is not None:
-                x, y, t = (torch.cat([draw[k], v]) for k, v in (("x", x), ("y", y), ("t", t)))
-            inner = Batch(x=x, y=y, t=t, x_raw=batch.x_raw, n_stream=n)
-            module.extra_step(module.classification_loss(inner, module.run_forward(x, ROLE_STREAM)))
+            self.inner_step(batch, draw)
             if inner_start is not None:
                 reptile_update(params, inner_start, self.cfg.beta)
         if start is not None:
             reptile_update(params, start, self.cfg.gamma)
-        self._start, self._later = None, []
+        self._start = None

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from cl_framework.engine.plugin import StrategyPlugin
+from cl_framework.engine.plugin import ROLE_STREAM, Batch, StrategyPlugin
 
 
 class RehearsalPlugin(StrategyPlugin):
@@ -27,3 +27,37 @@ class RehearsalPlugin(StrategyPlugin):
         if "x" in sample:
             sample["x"] = self.module.transform.train(sample["x"])
         return sample
+
+
+class InnerStepsReplayPlugin(RehearsalPlugin):
+    """Replay over ``cfg.batch_num`` optimizer steps per stream batch (MER, GSS).
+
+    ``batch_num`` draws of ``cfg.minibatch_size`` rows are taken up front, before the engine's
+    step: the first is appended to the stream rows of that step, each other one is trained on
+    with the stream rows by :meth:`inner_step` (an ``extra_step``) from ``after_train_step``.
+    """
+
+    def __init__(self, cfg) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(cfg)
+        self._later: list[dict[str, torch.Tensor] | None] = []
+
+    def prepare_batch(self, batch: Batch) -> Batch:
+        size = self.cfg.minibatch_size
+        draws = [self.draw(size, ("x", "y", "t")) for _ in range(self.cfg.batch_num)]
+        self._later = draws[1:]
+        first = draws[0]
+        return batch if first is None else batch.append(first["x"], first["y"], first["t"])
+
+    def later_draws(self) -> list[dict[str, torch.Tensor] | None]:
+        """The draws of this step's inner steps after the first (each used once)."""
+        later, self._later = self._later, []
+        return later
+
+    def inner_step(self, batch: Batch, draw: dict[str, torch.Tensor] | None) -> None:
+        """One optimizer step on the cross-entropy of the stream rows joined with ``draw``."""
+        module, n = self.module, batch.n_stream
+        x, y, t = batch.x[:n], batch.y[:n], batch.t[:n]
+        if draw is not None:
+            x, y, t = (torch.cat([v, draw[k]]) for k, v in (("x", x), ("y", y), ("t", t)))
+        inner = Batch(x=x, y=y, t=t, x_raw=batch.x_raw, n_stream=n)
+        module.extra_step(module.classification_loss(inner, module.run_forward(x, ROLE_STREAM)))
