@@ -28,11 +28,13 @@ ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "experiments" / "leaderboard"
 CONF = ROOT / "conf" / "experiment"
 #: configs too slow for 2 CPU cores: GEM, one backward per memory experience each step; GSS on
-#: the 20-domain benchmarks, one backward per candidate and memory row (~2.4M per run)
+#: the 20-domain benchmarks, one backward per candidate and memory row (~2.4M per run); GDumb
+#: at 5120, 256 epochs over the whole memory at every experience end (~400k steps)
 SLOW = {
     "perm-mnist/gem-5120",
     "rot-mnist/gem-5120",
     "seq-mnist/gem-5120",
+    "seq-mnist/gdumb-5120",
     *(f"{group}/gss-{size}" for group in ("perm-mnist", "rot-mnist") for size in (200, 500, 5120)),
 }
 GROUPS = {
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--group", action="append", choices=sorted(GROUPS))
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--jobs", type=int, default=1)
-    p.add_argument("--with-slow", action="store_true", help="also GEM at buffer 5120")
+    p.add_argument("--with-slow", action="store_true", help="also the SLOW configs (GEM and GDumb at 5120, GSS on P-/R-MNIST)")
     p.add_argument("--runs-dir", type=Path, default=ROOT / "outputs" / "leaderboard" / "runs")
     p.add_argument("--report-only", action="store_true", help="aggregate, run nothing")
     args = p.parse_args(argv)
