@@ -36,8 +36,12 @@ def test_agem_projection_removes_the_conflict_and_keeps_agreeing_gradients():
     assert conflicts > 10
 
 
-def test_agem_step_gradient_never_conflicts_with_the_reference(make_config, tmp_path, monkeypatch):
-    """On a real run, the gradient the optimizer uses has g . g_ref >= 0 at every step."""
+@pytest.mark.parametrize("name", ["agem", "agem_r"])
+def test_agem_step_gradient_never_conflicts_with_the_reference(
+    make_config, tmp_path, monkeypatch, name
+):
+    """On a real run, the gradient the optimizer uses has g . g_ref >= 0 at every step
+    (A-GEM's episodic memory, and A-GEM-R's reservoir filled by the stream)."""
     dots: list[tuple[float, float]] = []
     original = agem_mod.AGEM.before_optimizer_step
 
@@ -59,8 +63,14 @@ def test_agem_step_gradient_never_conflicts_with_the_reference(make_config, tmp_
         dots.append((float(before @ refs[0]), float(flat_grad(params) @ refs[0])))
 
     monkeypatch.setattr(agem_mod.AGEM, "before_optimizer_step", recording)
-    cfg = make_config("experiment=seq-digits/agem", "trainer.epochs=1")
-    build_runner(cfg, tmp_path).run()
+    cfg = make_config(f"experiment=seq-digits/{name}", "trainer.epochs=1")
+    runner = build_runner(cfg, tmp_path)
+    runner.run()
+    if name == "agem_r":  # a reservoir over every stream row, not a per-experience sample
+        buffer = runner.module.buffer
+        assert runner.module.offers_stream_rows
+        assert buffer.num_seen == sum(len(e.train) for e in runner.scenario)
+        assert len(buffer) == buffer.capacity
     assert len(dots) > 100
     assert sum(b < 0 for b, _ in dots) > 0, "no conflicting step: the test exercised nothing"
     norms = max(abs(b) for b, _ in dots)

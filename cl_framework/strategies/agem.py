@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from cl_framework.scenarios import Experience
 from cl_framework.strategies.episodic import EpisodicMemoryPlugin, flat_grad, set_flat_grad
 from cl_framework.strategies.registry import register_strategy
 
@@ -42,3 +43,16 @@ class AGEM(EpisodicMemoryPlugin):
         memory = self.buffer.sample(self.cfg.minibatch_size, fields=["x", "y", "t"])
         g_ref = self.replay_gradient(params, memory["x"], memory["y"], memory["t"])
         set_flat_grad(params, agem_project(g, g_ref))
+
+
+@register_strategy
+class AGEMReservoir(AGEM):
+    """A-GEM-R, Mammoth's ``agem_r`` (DER paper): A-GEM's projection with the reference gradient
+    drawn from the shared reservoir buffer, which the stream fills as it goes (no task
+    boundaries needed: the DER paper runs it on MNIST-360)."""
+
+    name = "agem_r"
+    fills_buffer = False
+
+    def after_experience(self, experience: Experience) -> None:
+        """The reservoir is filled step by step; nothing to store at the experience's end."""
