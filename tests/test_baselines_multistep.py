@@ -4,6 +4,8 @@ Mechanisms by hand, memory statistics and step counts on real seq-digits runs.""
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -253,3 +255,38 @@ def test_hal_redoes_the_step_from_the_old_weights_with_the_anchor_term(
     image = tuple(runner.scenario[0].train.x.shape[1:])
     assert hal.anchors is not None and tuple(hal.anchors.shape) == (10, *image)  # 2 per exp.
     assert len(gaps) > 0 and max(gaps) < 1e-5
+
+
+# -------------------------------------------------------------------------------- PNN
+def test_pnn_columns_freeze_and_connect(make_config, tmp_path):
+    """Old columns are frozen and evaluated by their own column, so no task-IL accuracy ever
+    drops; with laterals, a later column reads the earlier ones (perturbing column 0 moves
+    column 1's output), without them (Mammoth's 2020 behaviour) it does not."""
+    outputs = {}
+    for lateral in (True, False):
+        cfg = make_config(
+            "experiment=seq-digits/pnn", f"strategy.pnn.lateral={str(lateral).lower()}"
+        )
+        runner = build_runner(cfg, tmp_path / str(lateral))
+        result = runner.run()
+        til = np.asarray(result.task_il)
+        for j in range(5):  # column j's accuracy on experience j never changes after row j
+            assert np.all(til[j:, j] == til[j, j]), (lateral, j)
+        pnn = runner.module.plugins[0]
+        assert len(pnn.frozen) == 4
+        x = runner.module.transform.to_float(runner.scenario[1].test.x[:32])
+        before = pnn.eval_forward(x, 1).logits.clone()
+        with torch.no_grad():
+            for p in pnn.frozen[0].parameters():
+                p.add_(0.5)
+        moved = float((pnn.eval_forward(x, 1).logits - before).abs().max())
+        outputs[lateral] = moved
+    assert outputs[True] > 1e-3 and outputs[False] == 0.0
+
+
+def test_pnn_refuses_class_il(make_config, tmp_path):
+    from cl_framework.errors import ConfigError
+
+    cfg = make_config("experiment=seq-digits/pnn", "scenario.setting=class-il")
+    with pytest.raises(ConfigError, match=r"scenario\.setting"):
+        build_runner(cfg, tmp_path).run()

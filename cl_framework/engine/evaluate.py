@@ -54,7 +54,7 @@ def evaluate_all(
             for x, y in batches:
                 x = x.to(device, non_blocking=True)
                 y = module.heads.map(y.to(device))
-                logits = module.predict_logits(x)
+                logits = module.predict_logits(x, experience=j)
                 correct[0] += (logits.argmax(1) == y).sum()
                 masked = logits.masked_fill(~task_heads[j], torch.finfo(logits.dtype).min)
                 correct[1] += (masked.argmax(1) == y).sum()

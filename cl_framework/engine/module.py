@@ -47,6 +47,7 @@ from cl_framework.engine.heads import HeadManager
 from cl_framework.engine.optim import OptimizerConfig, build_optimizer, build_scheduler
 from cl_framework.engine.plugin import (
     HOOKS,
+    LOGITS_TAP,
     ROLE_EVAL,
     ROLE_REPLAY,
     ROLE_STREAM,
@@ -177,10 +178,13 @@ class CLModule(pl.LightningModule):
         for plugin in self._hooks["tap_modifiers"]:
             for name, fn in (plugin.tap_modifiers(x, role) or {}).items():
                 modifiers[name] = _chain(modifiers[name], fn) if name in modifiers else fn
+        on_logits = modifiers.pop(LOGITS_TAP, None)
         record = self.records_taps and role != ROLE_EVAL
         ctx = TapContext(record=record, modifiers=modifiers) if (record or modifiers) else None
         features = self.backbone(x, ctx)
         logits = self.head(features)
+        if on_logits is not None:
+            logits = on_logits(logits)
         return ForwardOutput(logits=logits, features=features, taps=ctx.records if ctx else {})
 
     @property
@@ -219,10 +223,18 @@ class CLModule(pl.LightningModule):
         return self.run_forward(self.transform.train(x_raw), ROLE_REPLAY)
 
     @torch.inference_mode()
-    def predict_logits(self, x_raw: torch.Tensor) -> torch.Tensor:
-        """Eval-mode scores of raw uint8 inputs (caller sets ``eval()``): the head's logits,
-        or what the plug-ins' ``eval_logits`` hooks make of them (iCaRL's NME classifier)."""
-        out = self.run_forward(self.transform.to_float(x_raw), ROLE_EVAL)
+    def predict_logits(self, x_raw: torch.Tensor, experience: int | None = None) -> torch.Tensor:
+        """Eval-mode scores of raw uint8 inputs (caller sets ``eval()``) of ``experience`` (if
+        known): the forward of an ``eval_forward`` hook (PNN's column) or the engine's, then
+        what the plug-ins' ``eval_logits`` hooks make of them (iCaRL's NME classifier)."""
+        x = self.transform.to_float(x_raw)
+        out = None
+        for plugin in self._hooks["eval_forward"]:
+            out = plugin.eval_forward(x, experience)
+            if out is not None:
+                break
+        if out is None:
+            out = self.run_forward(x, ROLE_EVAL)
         logits = out.logits
         for plugin in self._hooks["eval_logits"]:
             logits = plugin.eval_logits(out, logits)

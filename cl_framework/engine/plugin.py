@@ -50,12 +50,16 @@ HOOKS: tuple[str, ...] = (
     "configure_optimizers",
     "main_parameters",
     "eval_logits",
+    "eval_forward",
 )
 
 #: Forward roles passed to :meth:`StrategyPlugin.tap_modifiers`.
 ROLE_STREAM = "stream"
 ROLE_REPLAY = "replay"
 ROLE_EVAL = "eval"
+
+#: Name under which ``tap_modifiers`` may also modify the head's output (the logits).
+LOGITS_TAP = "logits"
 
 
 @dataclass
@@ -243,7 +247,8 @@ class StrategyPlugin(nn.Module):
         return batch
 
     def tap_modifiers(self, x: torch.Tensor, role: str) -> Mapping[str, TapModifier] | None:
-        """Replacements of feature-tap outputs for a forward of ``x`` (role: stream/replay/eval)."""
+        """Replacements of feature-tap outputs for a forward of ``x`` (role: stream/replay/eval);
+        the name ``LOGITS_TAP`` modifies the head's output (PNN's lateral into the logits)."""
         return None
 
     def logit_mask(self, batch: Batch) -> torch.Tensor | None:
@@ -277,6 +282,12 @@ class StrategyPlugin(nn.Module):
         scores so far (the head's logits, or a previous plug-in's): an evaluation-time
         classifier such as iCaRL's nearest mean of exemplars returns its own scores here."""
         return logits
+
+    def eval_forward(self, x: torch.Tensor, experience: int | None) -> ForwardOutput | None:
+        """An evaluation forward of the plug-in's own for test rows ``x`` (float, eval mode)
+        of experience ``experience`` (None when unknown), or None for the engine's: PNN picks
+        the experience's column. The first plug-in that returns an output wins."""
+        return None
 
     # ------------------------------------------------------------------ state
     def plugin_state(self) -> dict[str, Any]:
