@@ -22,7 +22,7 @@ CASES = [
         "valid keys are: size, scale, ratio",
     ),
     (["strategy=[nosuch]"], "config key 'strategy': unknown choice 'nosuch'"),
-    (["strategy=nosuch"], "valid choices are: agem, auxiliary, d2l, der, derpp"),
+    (["strategy=nosuch"], "valid choices are: agem, agem_r, auxiliary, d2l, der"),
     (["experiment=seq-mnist/nosuch"], "valid choices are: seq-mnist/agem-200, seq-mnist/agem-500"),
     (
         ["strategy=[er]", "strategy.derpp.alpha=1"],

@@ -115,7 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--group", action="append", choices=sorted(GROUPS))
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--jobs", type=int, default=1)
-    p.add_argument("--with-slow", action="store_true", help="also the SLOW configs (GEM and GDumb at 5120, GSS on P-/R-MNIST)")
+    p.add_argument(
+        "--with-slow",
+        action="store_true",
+        help="also the SLOW configs (GEM and GDumb at 5120, GSS on P-/R-MNIST)",
+    )
     p.add_argument("--runs-dir", type=Path, default=ROOT / "outputs" / "leaderboard" / "runs")
     p.add_argument("--report-only", action="store_true", help="aggregate, run nothing")
     args = p.parse_args(argv)
