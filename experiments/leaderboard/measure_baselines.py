@@ -103,6 +103,9 @@ def markdown(results: dict[str, list[dict]]) -> str:
     ]
     for group, rows in results.items():
         lines += [f"## {group} ({GROUPS[group]})", ""]
+        if not rows:
+            lines += [f"Not measured yet: `--group {group}`.", ""]
+            continue
         lines += ["| config | seeds | class-IL | task-IL | wall s / run |", "|---|---|---|---|---|"]
         for r in rows:
             c, t = r["class_il"], r["task_il"]
