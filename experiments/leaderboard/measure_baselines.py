@@ -57,32 +57,42 @@ def mean_std(xs: list[float]) -> tuple[float, float]:
     return statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
 
 
-def summarise(runs_dir: Path, exps: list[str]) -> list[dict]:
-    """Every finished seed of each experiment (also those of earlier, larger ``--seeds``)."""
+def summarise(runs_dir: Path, exps: list[str], previous: list[dict]) -> list[dict]:
+    """Every finished seed of each experiment: the runs on disk (also those of earlier, larger
+    ``--seeds``) plus the per-seed records of the previous ``measured.json``, so runs made on
+    another machine (or whose run directories were deleted) are never lost; a seed on disk
+    replaces its earlier record."""
+    before = {row["experiment"]: row for row in previous}
     rows = []
     for exp in exps:
-        vals = []
-        seed_dirs = sorted((runs_dir / exp).glob("seed*"), key=lambda d: int(d.name[4:] or -1))
-        for seed_dir in seed_dirs:
-            seed = int(seed_dir.name[4:])
+        old = before.get(exp, {})
+        vals = {
+            r["seed"]: (r["class_il"], r["task_il"], r.get("wall_s", old.get("wall_s", 0.0)))
+            for r in old.get("per_seed", [])
+        }
+        setting = old.get("setting", "class-il")
+        for seed_dir in (runs_dir / exp).glob("seed*"):
             path = seed_dir / "metrics.json"
             if path.is_file():
                 m = json.loads(path.read_text())
                 fa = m["final_avg_acc"]
-                vals.append((seed, fa["class_il"], fa["task_il"], m["wall_time_s"]))
+                vals[int(seed_dir.name[4:])] = (fa["class_il"], fa["task_il"], m["wall_time_s"])
                 setting = m.get("setting", "class-il")
         if not vals:
             continue
-
+        seeds = sorted(vals)
         rows.append(
             {
                 "experiment": exp,
                 "setting": setting,
-                "n": len(vals),
-                "class_il": mean_std([v[1] for v in vals]),
-                "task_il": mean_std([v[2] for v in vals]),
-                "wall_s": statistics.mean(v[3] for v in vals),
-                "per_seed": [{"seed": s, "class_il": c, "task_il": t} for s, c, t, _ in vals],
+                "n": len(seeds),
+                "class_il": mean_std([vals[s][0] for s in seeds]),
+                "task_il": mean_std([vals[s][1] for s in seeds]),
+                "wall_s": statistics.mean(vals[s][2] for s in seeds),
+                "per_seed": [
+                    {"seed": s, "class_il": vals[s][0], "task_il": vals[s][1], "wall_s": vals[s][2]}
+                    for s in seeds
+                ],
             }
         )
     return rows
@@ -145,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         exps = experiments_of(group, args.with_slow)
         if not args.report_only:
             run_local(plan_runs(exps, seeds, args.runs_dir), jobs=args.jobs)
-        results[group] = summarise(args.runs_dir, exps)
+        results[group] = summarise(args.runs_dir, exps, results.get(group, []))
     results = {g: results[g] for g in GROUPS if g in results}
     json_path.write_text(json.dumps(results, indent=2) + "\n")
     (OUT / "MEASURED.md").write_text(markdown(results))
