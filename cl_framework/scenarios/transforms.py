@@ -220,3 +220,95 @@ class BatchTransform:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         for key, gen_state in state.items():
             self._generator(torch.device(key)).set_state(gen_state)
+
+
+@dataclass(frozen=True)
+class ColorJitter:
+    """torchvision's ``ColorJitter`` factors: brightness, contrast and saturation factors are
+    drawn uniformly in ``[max(0, 1 - v), 1 + v]``, the hue shift in ``[-hue, hue]``; the whole
+    jitter is applied with probability ``p`` (``RandomApply``)."""
+
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1
+    p: float = 0.8
+
+
+class StrongAugmentation:
+    """X-DER's strong augmentation (Mammoth's ``strong_aug``) on whole batches: horizontal
+    flip, random-resized crop (area ``scale``), colour jitter, random grayscale (RGB only),
+    then normalisation. Input: uint8 or float-in-[0, 1] images (B, C, H, W).
+
+    Differences from the per-image torchvision pipeline, all about randomness: the jitter's
+    four adjustments run in a fixed order (brightness, contrast, saturation, hue) where
+    torchvision shuffles them per image, and the hue shift, a per-image loop, is only done
+    for 3-channel images (it is the identity on grayscale).
+    """
+
+    def __init__(
+        self,
+        size: tuple[int, int],
+        mean: Sequence[float] | None,
+        std: Sequence[float] | None,
+        seed: int,
+        scale: tuple[float, float] = (0.2, 1.0),
+        jitter: ColorJitter = ColorJitter(),
+        grayscale_p: float = 0.2,
+    ) -> None:
+        self.crop = BatchTransform(
+            hflip=True, seed=seed, random_resized_crop=RandomResizedCrop(size=size, scale=scale)
+        )
+        self.normalise = BatchTransform(mean=mean, std=std)
+        self.jitter = jitter
+        self.grayscale_p = grayscale_p
+        self.seed = seed
+        self._generators: dict[str, torch.Generator] = {}
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        key = str(device)
+        if key not in self._generators:
+            self._generators[key] = torch.Generator(device=device).manual_seed(self.seed + 1)
+        return self._generators[key]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.crop.train(x)  # flip + random-resized crop, float in [0, 1]
+        gen = self._generator(x.device)
+        b, c = x.shape[:2]
+        j = self.jitter
+
+        def factor(v: float) -> torch.Tensor:
+            u = torch.rand(b, 1, 1, 1, generator=gen, device=x.device)
+            return max(0.0, 1.0 - v) + (1.0 + v - max(0.0, 1.0 - v)) * u
+
+        apply = torch.rand(b, 1, 1, 1, generator=gen, device=x.device) < j.p
+        out = x
+        if j.brightness > 0:
+            out = (out * factor(j.brightness)).clamp(0, 1)
+        if j.contrast > 0:
+            mean = _gray(out).mean((1, 2, 3), keepdim=True)
+            f = factor(j.contrast)
+            out = (f * out + (1 - f) * mean).clamp(0, 1)
+        if j.saturation > 0 and c == 3:
+            f = factor(j.saturation)
+            out = (f * out + (1 - f) * _gray(out)).clamp(0, 1)
+        if j.hue > 0 and c == 3:
+            from torchvision.transforms.functional import adjust_hue
+
+            shift = (torch.rand(b, generator=gen, device=x.device) * 2 - 1) * j.hue
+            out = torch.stack(
+                [adjust_hue(img, float(h)) for img, h in zip(out, shift, strict=True)]
+            )
+        x = torch.where(apply, out, x)
+        if c == 3 and self.grayscale_p > 0:
+            gray = torch.rand(b, 1, 1, 1, generator=gen, device=x.device) < self.grayscale_p
+            x = torch.where(gray, _gray(x).expand_as(x), x)
+        return self.normalise.to_float(x)
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    """Luma (ITU-R 601) of RGB images, the image itself for one channel; (B, 1, H, W)."""
+    if x.shape[1] != 3:
+        return x.mean(1, keepdim=True)
+    weights = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype)
+    return (x * weights.view(1, 3, 1, 1)).sum(1, keepdim=True)
