@@ -15,15 +15,25 @@ from cl_framework.strategies.xder import bounded_transplant, first_occurrence
 
 
 def test_bounded_transplant_by_hand():
-    stored = torch.tensor([[2.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
-    new = torch.tensor([[9.0, 9.0, 4.0, 1.0], [9.0, 9.0, 0.5, 0.2]])
-    target = torch.tensor([0, 0])
+    stored = torch.tensor(
+        [[2.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [-1.0, 0.0, 0.0, 0.0], [-1.0, 0, 0, 0]]
+    )
+    new = torch.tensor(
+        [[9.0, 9.0, 4.0, 1.0], [9.0, 9.0, 0.5, 0.2], [0.0, 0.0, 1e-9, -3.0], [0, 0, -2.0, -4.0]]
+    )
+    target = torch.tensor([0, 0, 0, 0])
     heads = torch.tensor([2, 3])
     out = bounded_transplant(stored, new, target, heads, gamma=0.5)
-    # row 0: max 4 > 2 -> scaled by 0.5 * 2 / 4; row 1: max 0.5 <= 1 -> copied as is
+    # row 0: max 4 > 2 -> Mammoth's scaling by 0.5 * 2 / 4 (max becomes gamma * z = 1)
     assert torch.allclose(out[0], torch.tensor([2.0, 0.0, 1.0, 0.25]))
+    # row 1: max 0.5 <= 1 -> copied as is
     assert torch.allclose(out[1], torch.tensor([1.0, 0.0, 0.5, 0.2]))
-    assert torch.equal(stored[:, 2:], torch.zeros(2, 2))  # input untouched
+    # row 2: z = -1 < max ~ 0: Mammoth's scale (0.5 * -1 / 1e-9) would explode; a shift to
+    # max = z - (1 - gamma) |z| = -1.5 instead
+    assert torch.allclose(out[2], torch.tensor([-1.0, 0.0, -1.5, -4.5]))
+    # row 3: max -2 <= z = -1 -> copied as is
+    assert torch.allclose(out[3], torch.tensor([-1.0, 0.0, -2.0, -4.0]))
+    assert torch.equal(stored[:, 2:], torch.zeros(4, 2))  # input untouched
 
 
 def test_first_occurrence():
@@ -92,16 +102,15 @@ def test_xder_memory_is_class_balanced_with_bounded_logits(xder_run):
     stored_past, now_past = memory["logits"][last][:, past], now[:, past]
     over = now_past.max(1).values > truth[last]
     assert over.any()  # the cap was needed for some rows
-    # a capped row is the network's output scaled so that its largest past head becomes
-    # gamma * true logit (Mammoth's rule: with a negative true logit the scale is negative)
-    top = now_past.argmax(1, keepdim=True)
-    assert torch.allclose(stored_past.gather(1, top).squeeze(1)[over], 0.85 * truth[last][over])
+    # a capped row's largest past head is z - (1 - gamma) |z| (z: the true-class logit)
+    cap = truth[last] - 0.15 * truth[last].abs()
+    assert torch.allclose(stored_past.max(1).values[over], cap[over], atol=1e-5)
     assert torch.allclose(stored_past[~over], now_past[~over], atol=1e-5)
-    positive = truth[last] > 0
-    assert (stored_past.max(1).values[positive] <= truth[last][positive] + 1e-5).all()
+    assert (stored_past.max(1).values <= truth[last] + 1e-5).all()
     # older rows: their heads of experience 4 were rewritten at its end, capped the same way
-    older = (~last) & (truth > 0)
+    older = ~last
     assert (memory["logits"][older][:, groups[4]].max(1).values <= truth[older] + 1e-5).all()
+    assert torch.isfinite(memory["logits"]).all()
 
 
 def test_xder_update_during_training_uses_the_draw_counter(xder_run):
@@ -117,8 +126,13 @@ def test_xder_update_during_training_uses_the_draw_counter(xder_run):
     after = module.buffer.all(["logits"])["logits"]
     older = memory["exp"] < 4
     truth = memory["logits"].gather(1, memory["y"].view(-1, 1)).squeeze(1)
-    expected = (0.85 * truth[older]).unsqueeze(1).expand(-1, int(groups[4].sum()))
-    assert torch.allclose(after[older][:, groups[4]], expected, atol=1e-4)
+    cap = truth[older] - 0.15 * truth[older].abs()
+    updated = after[older][:, groups[4]]
+    assert torch.allclose(updated.max(1).values, cap, atol=1e-4)  # 100 > z: capped
+    positive = truth[older] > 0  # Mammoth's scaling: every transplanted head equals the cap
+    assert torch.allclose(
+        updated[positive], cap[positive].unsqueeze(1).expand_as(updated[positive])
+    )
     assert torch.equal(after[~older], memory["logits"][~older])  # exp-4 rows are not "older"
     assert plugin.update_counter[older].eq(1).all() and plugin.update_counter[~older].eq(0).all()
     # counter 2: each older row is rewritten with probability 1/2

@@ -11,7 +11,7 @@ future > k):
 * **Future-past update** (the "memory update" of the paper): every drawn row (duplicates
   dropped) with an update counter ``c`` (+1 per draw) is, with probability ``1 / c``, given
   new stored logits on the current and future heads: the network's present output there,
-  scaled down to ``gamma * z[y]`` at most (its stored ground-truth logit) when it exceeds it.
+  capped below its stored ground-truth logit ``z[y]`` (``bounded_transplant``).
 * ``xder_future``: ``constr_eta * mean(relu(max f_future + m - max f_own))`` over the
   violating rows (stream rows and both draws; ``own`` = the heads of the row's experience),
   until the last experience.
@@ -30,7 +30,9 @@ old classes keep their first ``size // seen classes`` rows, the new ones fill th
 scaled as above ("present-past" update); then every older row gets the future-past update
 on heads >= k.
 
-Where we differ from Mammoth (documented in ``docs/baselines.md``): stored logits and the
+Where we differ from Mammoth (documented in ``docs/baselines.md``): the cap of
+transplanted logits when the true-class logit is <= 0 (a shift, where Mammoth's scale flips
+signs and can overflow; ``bounded_transplant``); stored logits and the
 end-of-experience update are computed on un-augmented rows in eval mode (Mammoth: the
 train loader's augmented view in train mode without BatchNorm statistics; identical for
 Seq-MNIST, which has no augmentation, and its MLP); Mammoth's ``align_bn`` (stream rows
@@ -62,15 +64,25 @@ _FIELDS = ("x", "y", "t", "logits", "exp")
 def bounded_transplant(
     stored: torch.Tensor, new: torch.Tensor, target: torch.Tensor, heads: torch.Tensor, gamma: float
 ) -> torch.Tensor:
-    """``stored`` with its ``heads`` columns replaced by ``new``'s, each row scaled by
-    ``gamma * stored[y] / max(new[heads])`` where that max exceeds ``stored[y]`` (the row's
-    ground-truth logit), so a transplanted head never outscores the true class."""
+    """``stored`` with its ``heads`` columns replaced by ``new``'s, capped so that a
+    transplanted head never outscores the row's stored true-class logit ``z = stored[y]``.
+
+    Where ``max(new[heads]) > z`` the part is brought down to a maximum of
+    ``cap = z - (1 - gamma) |z|``: for ``z > 0`` by Mammoth's scaling (``* gamma z / max``,
+    so ``cap = gamma z``); for ``z <= 0``, where that scale is negative (it flips the signs)
+    and unbounded as ``max -> 0``, by a shift (``- (max - cap)``): our deviation, which
+    keeps the logits finite (docs/baselines.md).
+    """
     out = stored.clone()
     part = new[:, heads].clone()
     truth = stored.gather(1, target.view(-1, 1)).squeeze(1)
     top = part.max(1).values
-    scale = torch.where(top > truth, gamma * truth / top, torch.ones_like(top))
-    out[:, heads] = part * scale.unsqueeze(1)
+    over = top > truth
+    cap = truth - (1.0 - gamma) * truth.abs()
+    positive = over & (truth > 0)
+    scale = torch.where(positive, gamma * truth / torch.where(positive, top, 1.0), 1.0)
+    shift = torch.where(over & (truth <= 0), top - cap, 0.0)
+    out[:, heads] = part * scale.unsqueeze(1) - shift.unsqueeze(1)
     return out
 
 

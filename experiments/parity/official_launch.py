@@ -53,8 +53,8 @@ def _patch_logger(out: Path, started: float) -> None:
         return add_bwt(self, results, results_mask_classes)
 
     def wrapped_fwt(self, results, accs, results_mask_classes, accs_mask_classes):
-        captured["random_class_il"] = [float(a) for a in accs]
-        captured["random_task_il"] = [float(a) for a in accs_mask_classes]
+        captured["random_class_il"] = _floats(accs)
+        captured["random_task_il"] = _floats(accs_mask_classes)
         return add_fwt(self, results, accs, results_mask_classes, accs_mask_classes)
 
     def wrapped_write(self, args):
@@ -87,6 +87,11 @@ def _patch_logger(out: Path, started: float) -> None:
 
 def _f(value):
     return None if value is None else float(value)
+
+
+def _floats(values):
+    """Floats of a (nested: Mammoth's current code keeps one list per task) sequence."""
+    return [_floats(v) if isinstance(v, (list, tuple)) else float(v) for v in values]
 
 
 def _patch_plots() -> None:

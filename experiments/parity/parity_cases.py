@@ -28,6 +28,7 @@ class Case:
     layout: tuple[tuple[str, str, tuple[str, ...]], ...] = ()  # (dataset, root, subclasses)
     setup: Callable[[], None] | None = None  # run once before either side (e.g. a checkpoint)
     official_of: str | None = None  # an ours-only variant: judged against this case's official
+    judge: str = "class_il"  # the accuracy the parity verdict compares (task_il for PNN)
 
     def prepare_official(self, checkout: Path, data_dir: Path) -> None:
         """Lay the shared data out where the official code reads it (``<checkout>/data``)."""
@@ -351,8 +352,11 @@ def _mammoth_baseline(model: str, buffer: int | None) -> Args:
     return args
 
 
-def _baseline_case(model: str, buffer: int | None, experiment: str, label: str) -> Case:
+def _baseline_case(
+    model: str, buffer: int | None, experiment: str, label: str, judge: str = "class_il"
+) -> Case:
     return Case(
+        judge=judge,
         method="baselines",
         name=experiment.split("/")[-1],
         label=label,
@@ -387,10 +391,85 @@ BASELINE_CASES = (
     _baseline_case("mer", 500, "seq-mnist/mer-500", "MER, buffer 500"),
     _baseline_case("gss", 500, "seq-mnist/gss-500", "GSS, buffer 500"),
     _baseline_case("hal", 500, "seq-mnist/hal-500", "HAL, buffer 500"),
+    _baseline_case(
+        "pnn",
+        None,
+        "seq-mnist/pnn-independent",
+        "PNN, task-IL (ours without laterals, as the 2020 code runs)",
+        judge="task_il",
+    ),
+)
+
+
+# ------------------------------------------------------- X-DER (aimagelab/mammoth, current)
+# Mammoth's current code (e75a491): the maintained xder / xder_ce. Its seq-mnist defaults to
+# batch 64; --batch_size 10 gives the DER-paper protocol our configs use. Only xder_ce runs on
+# Seq-MNIST (xder needs the dataset's denormalisation, which seq-mnist lacks): RESULTS.md.
+XDER_REPO = "aimagelab/mammoth@e75a491"
+
+
+def _xder_ce_official(seed: int) -> list[str]:
+    return [
+        *("--dataset", "seq-mnist", "--model", "xder_ce", "--buffer_size", "500"),
+        *("--lr", "0.03", "--batch_size", "10", "--minibatch_size", "10"),
+        *("--alpha", "1.0", "--beta", "0.5", "--constr_eta", "0.01"),
+        *("--seed", str(seed), "--num_workers", "0", "--enable_other_metrics", "1"),
+        *("--non_verbose", "1"),
+    ]
+
+
+XDER_CASES = (
+    Case(
+        method="xder",
+        name="xder-ce-500",
+        label="X-DER without SupCon (xder_ce), buffer 500",
+        repo=XDER_REPO,
+        official_args=_xder_ce_official,
+        our_overrides=_ours("seq-mnist/xder-ce-500", "trainer.checkpoint=false"),
+        launch_flags=("--threads", "1"),
+        layout=_MNIST_LAYOUT,
+    ),
+)
+
+
+def _gdumb_official(seed: int) -> list[str]:
+    return [
+        *("--dataset", "seq-mnist", "--model", "gdumb", "--buffer_size", "500"),
+        *("--batch_size", "10", "--seed", str(seed), "--num_workers", "0"),
+        *("--enable_other_metrics", "1", "--non_verbose", "1"),
+    ]
+
+
+# GDumb is not in the 2020 code; Mammoth's current gdumb with its defaults (maxlr 0.05, minlr
+# 5e-4, 256 epochs, CutMix alpha 1 with probability 0.5, momentum 0, no clipping, reservoir
+# memory, one fit after the last task), batch 10 (the fit's batch is the stream's). Ours: the
+# same values through the strategy's keys.
+GDUMB_CASES = (
+    Case(
+        method="gdumb",
+        name="gdumb-500-mammoth",
+        label="GDumb, buffer 500, Mammoth's learner and reservoir memory",
+        repo=XDER_REPO,
+        official_args=_gdumb_official,
+        our_overrides=_ours(
+            "seq-mnist/gdumb-500",
+            "trainer.checkpoint=false",
+            "buffer.policy=reservoir",
+            "strategy.gdumb.fit_every_experience=false",
+            "strategy.gdumb.batch_size=10",
+            "strategy.gdumb.momentum=0.0",
+            "strategy.gdumb.weight_decay=0.0",
+            "strategy.gdumb.clip_grad_norm=0.0",
+        ),
+        launch_flags=("--threads", "1"),
+        layout=_MNIST_LAYOUT,
+    ),
 )
 
 METHODS: dict[str, tuple[Case, ...]] = {
     "baselines": BASELINE_CASES,
+    "xder": XDER_CASES,
+    "gdumb": GDUMB_CASES,
     "aux": AUX_CASES,
     "wscl": WSCL_CASES,
     "ser": SER_CASES,

@@ -63,9 +63,13 @@ def summary_table(method: str, results: dict[str, Any]) -> str:
         if not off and not ours:
             continue
         cil_off, cil_ours = _values(off, "class_il"), _values(ours, "class_il")
+        judged = (_values(off, case.judge), _values(ours, case.judge))
+        verdict = parity_verdict(*judged)
+        if case.judge != "class_il":
+            verdict += f" on {case.judge.replace('_', '-').replace('il', 'IL')}"
         rows.append(
             f"| {case.label} | {_mean_std(cil_off)} | {_mean_std(cil_ours)} "
-            f"| {parity_verdict(cil_off, cil_ours)} "
+            f"| {verdict} "
             f"| {_mean_std(_values(off, 'fwt_class_il'))} "
             f"| {_mean_std(_values(ours, 'fwt_class_il'))} "
             f"| {_mean_std(_values(off, 'task_il'))} | {_mean_std(_values(ours, 'task_il'))} "
