@@ -56,7 +56,7 @@ def test_fdr_memory_is_balanced_by_experience_with_logits_of_its_end(
         rows = memory["exp"] == exp.index
         assert set(memory["y"][rows].tolist()) <= set(module.heads.heads_of(exp.classes).tolist())
     fdr = module.plugins[0]
-    now = fdr._logits(memory["x"])
+    now = fdr.memory_logits(memory["x"])
     last = memory["exp"] == 4
     assert torch.allclose(now[last], memory["logits"][last], atol=1e-5)  # stored at its end
     assert not torch.allclose(now[~last], memory["logits"][~last], atol=1e-2)  # older ones

@@ -96,7 +96,7 @@ def test_xder_memory_is_class_balanced_with_bounded_logits(xder_run):
     truth = memory["logits"].gather(1, memory["y"].view(-1, 1)).squeeze(1)
     last = memory["exp"] == 4
     # the last experience's rows: own heads = the network's output; past heads capped
-    now = plugin._logits(memory["x"][last])
+    now = plugin.memory_logits(memory["x"][last])
     assert torch.allclose(memory["logits"][last][:, groups[4]], now[:, groups[4]], atol=1e-5)
     past = groups[:4].any(0)
     stored_past, now_past = memory["logits"][last][:, past], now[:, past]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cl_framework.engine.plugin import ROLE_EVAL, ROLE_REPLAY, Batch, ForwardOutput
+from cl_framework.engine.plugin import ROLE_REPLAY, Batch, ForwardOutput
 from cl_framework.errors import ConfigError
 from cl_framework.scenarios import Experience
 from cl_framework.strategies.registry import register_strategy
@@ -57,23 +57,6 @@ class FDR(RehearsalPlugin):
         if cfg.alpha < 0:
             raise ConfigError("strategy.fdr.alpha", "must be >= 0", "set alpha: 1.0")
 
-    @torch.no_grad()
-    def _logits(self, x_raw: torch.Tensor) -> torch.Tensor:
-        module = self.module
-        was_training = module.training
-        module.eval()
-        try:
-            step = self.cfg.logits_batch_size
-            parts = [
-                module.run_forward(
-                    module.transform.to_float(x_raw[s : s + step].to(module.device)), ROLE_EVAL
-                ).logits
-                for s in range(0, len(x_raw), step)
-            ]
-        finally:
-            module.train(was_training)
-        return torch.cat(parts)
-
     def after_experience(self, experience: Experience) -> None:
         buffer = self.buffer
         per_experience = buffer.capacity // (experience.index + 1)
@@ -95,7 +78,7 @@ class FDR(RehearsalPlugin):
         kept["x"].append(x.to(device))
         kept["y"].append(self.module.heads.map(split.y[rows].to(self.module.device)).to(device))
         kept["t"].append(split.task_labels(experience.task_label)[rows].to(device))
-        kept["logits"].append(self._logits(x).to(device))
+        kept["logits"].append(self.memory_logits(x, self.cfg.logits_batch_size).to(device))
         kept["exp"].append(torch.full((len(rows),), experience.index, device=device))
         buffer.replace_contents(**{key: torch.cat(parts) for key, parts in kept.items()})
 

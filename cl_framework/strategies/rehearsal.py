@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from cl_framework.engine.plugin import ROLE_STREAM, Batch, StrategyPlugin
+from cl_framework.engine.plugin import ROLE_EVAL, ROLE_STREAM, Batch, StrategyPlugin
 
 
 class RehearsalPlugin(StrategyPlugin):
@@ -27,6 +27,26 @@ class RehearsalPlugin(StrategyPlugin):
         if "x" in sample:
             sample["x"] = self.module.transform.train(sample["x"])
         return sample
+
+    @torch.no_grad()
+    def memory_logits(self, x_raw: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+        """The head's eval-mode logits for raw rows, in chunks of ``batch_size``: what a
+        plug-in that fills the buffer itself stores with them (FDR, X-DER). No evaluation-time
+        hooks (``eval_forward`` / ``eval_logits``): these are the network's own outputs."""
+        module = self.module
+        was_training = module.training
+        module.eval()
+        try:
+            parts = [
+                module.run_forward(
+                    module.transform.to_float(x_raw[s : s + batch_size].to(module.device)),
+                    ROLE_EVAL,
+                ).logits
+                for s in range(0, len(x_raw), batch_size)
+            ]
+        finally:
+            module.train(was_training)
+        return torch.cat(parts)
 
 
 class InnerStepsReplayPlugin(RehearsalPlugin):

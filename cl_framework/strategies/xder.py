@@ -47,7 +47,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cl_framework.engine.plugin import ROLE_EVAL, Batch, ForwardOutput, StrategyContext
+from cl_framework.engine.plugin import Batch, ForwardOutput, StrategyContext
 from cl_framework.errors import ConfigError
 from cl_framework.losses import similarity_preserving_loss, supervised_contrastive_loss
 from cl_framework.scenarios import Experience
@@ -334,22 +334,6 @@ class XDER(RehearsalPlugin):
         self.buffer.update(slots, logits=new.to(self.buffer.device, rows["logits"].dtype))
 
     # ------------------------------------------------------- experience end
-    @torch.no_grad()
-    def _logits(self, x_raw: torch.Tensor) -> torch.Tensor:
-        module = self.module
-        was_training = module.training
-        module.eval()
-        try:
-            step = self.cfg.logits_batch_size
-            parts = [
-                module.run_forward(
-                    module.transform.to_float(x_raw[s : s + step].to(module.device)), ROLE_EVAL
-                ).logits
-                for s in range(0, len(x_raw), step)
-            ]
-        finally:
-            module.train(was_training)
-        return torch.cat(parts)
 
     def after_experience(self, experience: Experience) -> None:
         buffer, k = self.buffer, experience.index
@@ -384,7 +368,7 @@ class XDER(RehearsalPlugin):
         rows = torch.cat(chosen).sort().values
         x = split.x[rows]
         y = heads_map.map(split.y[rows].to(self.module.device))
-        logits = self._logits(x)
+        logits = self.memory_logits(x, self.cfg.logits_batch_size)
         past = groups[:k].any(0).nonzero().squeeze(1)
         if k > 0 and past.numel():
             logits = bounded_transplant(logits, logits, y, past, self.cfg.gamma)
@@ -400,7 +384,7 @@ class XDER(RehearsalPlugin):
         older = (memory["exp"] < k).nonzero().squeeze(1)
         if older.numel():
             heads = groups[k:].any(0).nonzero().squeeze(1).to(device)
-            outputs = self._logits(memory["x"][older]).to(device)
+            outputs = self.memory_logits(memory["x"][older], self.cfg.logits_batch_size).to(device)
             new = bounded_transplant(
                 memory["logits"][older], outputs, memory["y"][older], heads, self.cfg.gamma
             )
