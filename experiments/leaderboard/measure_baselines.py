@@ -57,12 +57,12 @@ def mean_std(xs: list[float]) -> tuple[float, float]:
     return statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
 
 
-def summarise(runs_dir: Path, exps: list[str], previous: list[dict]) -> list[dict]:
+def summarise(runs_dir: Path, exps: list[str], previous: list[dict] | None = None) -> list[dict]:
     """Every finished seed of each experiment: the runs on disk (also those of earlier, larger
     ``--seeds``) plus the per-seed records of the previous ``measured.json``, so runs made on
     another machine (or whose run directories were deleted) are never lost; a seed on disk
     replaces its earlier record."""
-    before = {row["experiment"]: row for row in previous}
+    before = {row["experiment"]: row for row in previous or []}
     rows = []
     for exp in exps:
         old = before.get(exp, {})
