@@ -21,6 +21,20 @@ def shared_data_dir() -> Path:
     return Path(os.environ.get("CLF_DATA_DIR", ROOT.parent / "shared" / "data")).resolve()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _without_onednn():
+    """The installed torch 2.14.1 CPU wheel's oneDNN kernels corrupt the heap ("corrupted
+    double-linked list", abort) after some runs of small conv networks in one process: the
+    SAM tests reproduce it 3 of 3, at this commit and at 5902d9d, and never with oneDNN off.
+    The in-process tests use the native kernels (same results); `clf-train` is unchanged."""
+    import torch
+
+    enabled = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    yield
+    torch.backends.mkldnn.enabled = enabled
+
+
 @pytest.fixture(scope="session")
 def real_data_dir() -> Path:
     path = shared_data_dir()

@@ -23,18 +23,6 @@ from cl_framework.strategies.signature_probe import class_signature
 SITES = ("stem", "layer1", "layer2", "layer3", "layer4")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _without_onednn():
-    """torch 2.14.1's CPU oneDNN kernels corrupt the heap ("corrupted double-linked list",
-    abort) in the backward of these small saliency-branch runs after a few of them in one
-    process (reproduced 3 of 3 on this file, at this commit and at 5902d9d; none with oneDNN
-    off). The native fallback kernels compute the same convolutions."""
-    enabled = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    yield
-    torch.backends.mkldnn.enabled = enabled
-
-
 def _runner(make_config, tmp_path: Path, *overrides: str, strategy: str = "[er_ace,sam]"):
     """seq-digits (8x8), a 4-wide CIFAR ResNet-18, SAM over ER-ACE, targets cached in tmp."""
     cfg = make_config(
