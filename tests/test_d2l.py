@@ -325,9 +325,17 @@ def short_run(tmp_path_factory, real_data_dir, generator_file):
 
     def recording_assign(experience):
         before = plugin.ctx.heads.bindings(OWNER)[0].tolist()
+        trained = plugin.trained_dream_heads(experience.index)
         assign(experience)
         heads = plugin.ctx.heads.heads_of(experience.classes).tolist()
-        records.append({"experience": experience.index, "dream_heads": before, "heads": heads})
+        records.append(
+            {
+                "experience": experience.index,
+                "dream_heads": before,
+                "trained_dream_heads": trained,
+                "heads": heads,
+            }
+        )
 
     plugin.assign_heads = recording_assign
     result = runner.run()
@@ -344,20 +352,27 @@ def test_dream_heads_are_bound_and_reused_by_incoming_classes(short_run):
     _, runner, plugin, result, records, _ = short_run
     heads = runner.module.heads
     assert heads.n_heads == 10 + 4
-    # experience 0 takes the lowest heads; every later experience takes dream heads
+    # experience 0 takes the lowest heads; the 4 dreams of episode 1 have not trained yet when
+    # experience 1 arrives, so it takes plain free heads and leaves them alive; from experience
+    # 2 on, the classes take dream heads that trained for at least one experience
     assert records[0]["heads"] == [0, 1] and records[0]["dream_heads"] == []
-    for rec in records[1:]:
-        assert len(rec["dream_heads"]) == 4
-        assert set(rec["heads"]) <= set(rec["dream_heads"])
+    first = records[1]
+    assert len(first["dream_heads"]) == 4 and first["trained_dream_heads"] == []
+    assert not set(first["heads"]) & set(first["dream_heads"])
+    for rec in records[2:]:
+        assert len(rec["dream_heads"]) == 4 and len(rec["trained_dream_heads"]) >= 2
+        assert set(rec["heads"]) <= set(rec["trained_dream_heads"])
     # 4 episodes (none after the last experience); dream classes are retired when taken:
-    # the last experience took 2 of the 4, so 2 are left
+    # experiences 2, 3, 4 took two each, so the 2 dreamed after experience 4 are left
     assert len(plugin.episodes) == 4
-    assert len(plugin.inventory) == 2
+    assert len(plugin.inventory) == 2 and {d.born for d in plugin.inventory} == {3}
     bound, classes = heads.bindings(OWNER)
     assert sorted(classes.tolist()) == sorted(d.dream_id for d in plugin.inventory)
     free = set(heads.free_heads().tolist())
     assert set(bound.tolist()) <= free
-    assert len(plugin.inventory.retired) == 2 * 4  # two heads taken per later experience
+    assert len(plugin.inventory.retired) == 2 * 3
+    # every retired dream had trained: dreamed after experience b, taken at experience >= b + 2
+    assert all(r["experience"] >= r["born"] + 2 for r in plugin.inventory.retired)
     real_heads = set(heads.label_to_head.tolist())
     assert all(r["head"] in real_heads for r in plugin.inventory.retired)
     assert np.isfinite(result.class_il).all()
@@ -390,7 +405,9 @@ def test_outputs_record_every_episode_and_a_grid(short_run):
     out = Path(runner.output_dir) / "dreams"
     summary = json.loads((out / "d2l.json").read_text())
     assert len(summary["episodes"]) == 4 and summary["dream_seconds"] > 0
-    kinds = [d["kind"] for d in summary["episodes"][1]["dreams"]]
+    kinds = [d["kind"] for d in summary["episodes"][1]["dreams"]]  # none taken at experience 1
+    assert kinds.count("refresh") == 4 and kinds.count("new") == 0
+    kinds = [d["kind"] for d in summary["episodes"][2]["dreams"]]  # two taken at experience 2
     assert kinds.count("refresh") == 2 and kinds.count("new") == 2
     first = summary["episodes"][0]["dreams"][0]
     assert first["stop"] in (ACCEPT, BUDGET, COLLAPSE) and first["trace"]
@@ -514,5 +531,40 @@ def test_paper_configs_compose_validate_and_fail_only_at_the_data_step(name, tmp
     rc = validate_run_config(cfg)
     assert rc.scenario.n_experiences == 10 and rc.backbone["name"] == "resnet18"
     assert rc.strategy["d2l"]["generator"]["backend"] == "diffusers"
+    # a dream trains one experience before a real class may take it: with fewer dreams than
+    # twice the incoming classes, every other experience would find no trained dream at all
+    per_experience = (200 if "imagenet-r" in name else 100) // rc.scenario.n_experiences
+    assert rc.strategy["d2l"]["dream_classes"] >= 2 * per_experience
     with pytest.raises(DataError):
         build_runner(cfg, tmp_path / "run")
+
+
+def test_spare_heads_give_the_base_the_d2l_output_layer(tmp_path, real_data_dir):
+    """The FWT control: the base gets D2L's 14 heads, and no class ever takes a spare one."""
+    cfg = compose_config(
+        [
+            "experiment=seq-mnist/erace-500",
+            "strategy=[er_ace,spare_heads]",
+            f"paths.data_dir={real_data_dir}",
+            "trainer.limit_train_batches=5",
+        ]
+    )
+    runner = build_runner(cfg, tmp_path / "run")
+    result = runner.run()
+    heads = runner.module.heads
+    assert heads.n_heads == 10 + 4
+    module = runner.module.eval()
+    assert module.predict_logits(torch.zeros(3, 1, 28, 28, dtype=torch.uint8)).shape == (3, 14)
+    assert heads.label_to_head.tolist() == list(range(10))  # identity, spare heads unused
+    assert set(heads.free_heads().tolist()) == {10, 11, 12, 13}
+    assert np.isfinite(result.class_il).all()
+    bad = compose_config(
+        [
+            "experiment=seq-mnist/erace-500",
+            "strategy=[er_ace,spare_heads]",
+            "strategy.spare_heads.count=-1",
+            f"paths.data_dir={real_data_dir}",
+        ]
+    )
+    with pytest.raises(ConfigError, match=r"spare_heads\.count"):
+        build_runner(bad, tmp_path / "bad")

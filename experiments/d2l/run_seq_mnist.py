@@ -3,8 +3,9 @@
 1. Trains the generator once if its checkpoint is missing
    (``clf-pretrain-generator experiment=pretrain/generator-fashion-mnist``).
 2. Runs ``clf-train experiment=seq-mnist/{erace-500, erace-d2l-500, derpp-500, derpp-d2l-500}
-   seed={0,1,2}`` (``OMP_NUM_THREADS=1``; ``JOBS`` processes at a time, default 1), skipping
-   runs whose ``metrics.json`` exists (``FORCE=1`` repeats them).
+   seed={0,1,2}``, the bases also with D2L's 14 heads (``spare_heads``, the FWT control), and
+   with ``ABLATIONS=1`` the paper's ablations (``OMP_NUM_THREADS=1``; ``JOBS`` processes at a
+   time, default 1), skipping runs whose ``metrics.json`` exists (``FORCE=1`` repeats them).
 3. Writes ``experiments/d2l/RESULTS.md`` and ``results.json`` (class-IL final average accuracy
    and FWT, mean ± std over seeds, wall-time multiplier, time spent dreaming, oracle decisions)
    and copies the dream grids of seed 0 and the generator's sample grid next to them.
@@ -45,6 +46,12 @@ ABLATIONS = {
         ["~strategy.d2l.oracle", "+strategy.d2l.oracle.name=budget"],
     ),
 }
+#: The FWT control: the base with D2L's output layer (10 + 4 heads, the 4 never taken), so
+#: class-IL argmax and the random-init baseline of FWT run over the same heads as the D2L rows.
+CONTROLS = {
+    f"{base}-spare-500": (f"{base}-500", [f"strategy=[{strategy},spare_heads]"])
+    for base, strategy in (("erace", "er_ace"), ("derpp", "derpp"))
+}
 BIN = Path(sys.executable).parent
 
 
@@ -71,6 +78,8 @@ def run(name: str, seed: int, runs_dir: Path, generator: Path) -> dict:
     experiment, extra = name, []
     if name in ABLATIONS:
         experiment, extra = "erace-d2l-500", ABLATIONS[name][1]
+    if name in CONTROLS:
+        experiment, extra = CONTROLS[name]
     if not (out / "metrics.json").exists() or os.environ.get("FORCE") == "1":
         cmd = [
             str(BIN / "clf-train"),
@@ -122,9 +131,13 @@ def main() -> None:
     runs_dir = Path(os.environ.get("RUNS_DIR", output_dir / "d2l_seq_mnist"))
     generator = ensure_generator(output_dir)
     jobs = [
-        (f"{base}{suffix}-500", seed) for seed in SEEDS for base in PAIRS for suffix in ("", "-d2l")
+        (f"{base}{suffix}-500", seed)
+        for seed in SEEDS
+        for base in PAIRS
+        for suffix in ("", "-spare", "-d2l")
     ]
-    jobs += [(name, seed) for name in ABLATIONS for seed in SEEDS]
+    ablations = ABLATIONS if os.environ.get("ABLATIONS") == "1" else {}
+    jobs += [(name, seed) for name in ablations for seed in SEEDS]
     with ThreadPoolExecutor(int(os.environ.get("JOBS", "1"))) as pool:
         rows = list(pool.map(lambda j: run(j[0], j[1], runs_dir, generator), jobs))
     (HERE / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
@@ -162,10 +175,15 @@ def main() -> None:
     ]
     for base, label in PAIRS.items():
         base_wall = statistics.fmean(pick(f"{base}-500", "wall_time_s"))
-        for suffix, name in (("", label), ("-d2l", f"{label} + D2L")):
+        for suffix, name in (
+            ("", label),
+            ("-spare", f"{label}, 14 heads (4 spare, the control)"),
+            ("-d2l", f"{label} + D2L"),
+        ):
             exp = f"{base}{suffix}-500"
             wall = statistics.fmean(pick(exp, "wall_time_s"))
-            dreaming = f"{statistics.fmean(pick(exp, 'dream_seconds')):.0f}" if suffix else "-"
+            d2l = suffix == "-d2l"
+            dreaming = f"{statistics.fmean(pick(exp, 'dream_seconds')):.0f}" if d2l else "-"
             lines.append(
                 f"| {name} | {mean_std(pick(exp, 'class_il'))} | "
                 f"{mean_std(pick(exp, 'fwt_class_il'))} | {mean_std(pick(exp, 'task_il'))} | "
@@ -173,7 +191,7 @@ def main() -> None:
                 f"{wall / base_wall:.1f}x | {dreaming} |"
             )
     base_wall = statistics.fmean(pick("erace-500", "wall_time_s"))
-    for exp, (label, _) in ABLATIONS.items():
+    for exp, (label, _) in ablations.items():
         wall = statistics.fmean(pick(exp, "wall_time_s"))
         lines.append(
             f"| {label} | {mean_std(pick(exp, 'class_il'))} | "
@@ -183,21 +201,26 @@ def main() -> None:
         )
     lines += ["", "Paired differences (D2L minus base, same seed):", ""]
     for base, label in PAIRS.items():
-        d_acc, d_fwt = (
-            [
-                a - b
-                for a, b in zip(pick(f"{base}-d2l-500", key), pick(f"{base}-500", key), strict=True)
-            ]
-            for key in ("class_il", "fwt_class_il")
-        )
+        for control, what in (("-spare", "the 14-head control"), ("", "the 10-head base")):
+            d_acc, d_fwt = (
+                [
+                    a - b
+                    for a, b in zip(
+                        pick(f"{base}-d2l-500", key), pick(f"{base}{control}-500", key), strict=True
+                    )
+                ]
+                for key in ("class_il", "fwt_class_il")
+            )
+            lines.append(
+                f"- {label} + D2L minus {what}: class-IL {mean_std(d_acc)} (per seed "
+                f"{[round(v, 2) for v in d_acc]}), FWT {mean_std(d_fwt)} (per seed "
+                f"{[round(v, 2) for v in d_fwt]})"
+            )
         oracle = Counter()
         for r in rows:
             if r["experiment"] == f"{base}-d2l-500":
                 oracle.update(r["oracle"])
-        lines.append(
-            f"- {label}: class-IL {mean_std(d_acc)} (per seed {[round(v, 2) for v in d_acc]}), "
-            f"FWT {mean_std(d_fwt)}; oracle decisions on new dream classes {dict(oracle)}"
-        )
+        lines.append(f"- {label} + D2L: oracle decisions on new dream classes {dict(oracle)}")
     (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -104,7 +104,13 @@ class PromptInventory:
     def retire(self, dream_id: int, reason: str, experience: int) -> DreamClass:
         dream = self.entries.pop(dream_id)
         self.retired.append(
-            {"dream_id": dream_id, "head": dream.head, "reason": reason, "experience": experience}
+            {
+                "dream_id": dream_id,
+                "head": dream.head,
+                "reason": reason,
+                "experience": experience,
+                "born": dream.born,
+            }
         )
         return dream
 

@@ -17,8 +17,11 @@ published facts and which are our choices):
   dream class from the inventory (cached for the experience), and each step appends
   ``dream_ratio`` x stream rows of them, labelled with their heads, next to the stream and the
   base method's replay; dream rows never enter the replay buffer;
-* **re-use**: the classes of the next experience take the most-activated dream heads (greedy, as
+* **re-use**: the classes of a later experience take the most-activated dream heads (greedy, as
   in the auxiliary-stream method), which is where forward transfer is expected to come from.
+  Only dreams that already trained for an experience are offered: a dream made after
+  experience ``k`` trains during ``k + 1`` and may become a real class from ``k + 2`` on
+  (:meth:`Dream2Learn.trained_dream_heads`); untrained dream heads stay out of the assignment.
 
 Every episode's prompts, oracle decisions, traces and timings go to ``dreams/d2l.json`` in the run
 directory with a PNG grid of samples per dream class (``dreams/experience_<k>.png``).
@@ -228,12 +231,7 @@ class Dream2Learn(StrategyPlugin):
             train = experience.train
             predictions = predict_heads(self.module, train.x, 1000)
             counts = heads.activation_counts(classes, train.y, predictions)
-            rule = "most activated"
-            if self.cfg.next_heads == "most_activated_dream" and len(dream_heads) >= len(classes):
-                keep = torch.zeros(heads.n_heads, dtype=torch.bool)
-                keep[dream_heads] = True
-                counts[:, ~keep] = -1
-                rule = "most activated dream head"
+            counts, rule = self._reusable(counts, experience.index, len(classes))
             chosen = torch.as_tensor(greedy_assignment(counts), dtype=torch.long)
             heads.assign(classes, chosen.tolist())
         module = self.module
@@ -255,6 +253,42 @@ class Dream2Learn(StrategyPlugin):
             len(taken),
             taken,
         )
+
+    def trained_dream_heads(self, experience: int) -> list[int]:
+        """Heads of the dream classes that trained during at least one experience before
+        ``experience``: dreamed after experience ``born``, a dream trains from ``born + 1`` on.
+
+        Published [D2L reviews]: dreamed classes train together with the incoming and buffered
+        images, and their embeddings initialise *later* real classes. A dream dreamed right
+        before ``experience`` has an untrained head (its weights are the random init), so
+        handing it to ``experience``'s classes would retire it before it ever trained.
+        """
+        return sorted(d.head for d in self.inventory if d.born + 1 < experience)
+
+    def _reusable(
+        self, counts: torch.Tensor, experience: int, n_classes: int
+    ) -> tuple[torch.Tensor, str]:
+        """Mask the most-activated count matrix to the heads ``experience``'s classes may take.
+
+        Untrained dream heads are never offered while enough other heads are free (they keep
+        their dream for one experience of training); with ``next_heads: most_activated_dream``
+        the classes take trained dream heads only, when there are enough of them.
+        """
+        heads = self.ctx.heads
+        dream_heads = set(heads.bindings(OWNER)[0].tolist())
+        trained = self.trained_dream_heads(experience)
+        available = counts >= 0
+        if self.cfg.next_heads == "most_activated_dream" and len(trained) >= n_classes:
+            keep = torch.zeros(heads.n_heads, dtype=torch.bool)
+            keep[trained] = True
+            return counts.masked_fill(~keep, -1), "most activated trained dream head"
+        untrained = sorted(dream_heads - set(trained))
+        if untrained:
+            keep = available.any(0)
+            keep[untrained] = False
+            if int(keep.sum()) >= n_classes:
+                return counts.masked_fill(~keep, -1), "most activated (untrained dreams kept)"
+        return counts, "most activated"
 
     # -------------------------------------------------------------- dreaming
     def after_experience(self, experience: Experience) -> None:
