@@ -568,3 +568,18 @@ def test_spare_heads_give_the_base_the_d2l_output_layer(tmp_path, real_data_dir)
     )
     with pytest.raises(ConfigError, match=r"spare_heads\.count"):
         build_runner(bad, tmp_path / "bad")
+
+
+def test_seen_class_init_needs_the_benchmark_classes(tmp_path, real_data_dir, generator_file):
+    """init=seen_class maps benchmark label c to generator class c: the same count is not enough
+    (a Fashion-MNIST generator on Seq-MNIST started digit dreams from garments, unnoticed)."""
+    cfg = compose_config(_overrides(real_data_dir, generator_file, "strategy.d2l.init=seen_class"))
+    with pytest.raises(ConfigError, match=r"generator class 0 is 'c0', benchmark label 0 is '0'"):
+        build_runner(cfg, tmp_path / "wrong")
+    digits = tmp_path / "digits.pt"
+    model = _tiny_generator()
+    torch.save(checkpoint_payload(model, {"class_names": [str(d) for d in range(10)]}), digits)
+    cfg = compose_config(_overrides(real_data_dir, digits, "strategy.d2l.init=seen_class"))
+    runner = build_runner(cfg, tmp_path / "right")
+    plugin = next(p for p in runner.module.plugins if isinstance(p, Dream2Learn))
+    assert plugin.generator.class_names == [str(d) for d in range(10)]

@@ -46,6 +46,14 @@ ABLATIONS = {
         ["~strategy.d2l.oracle", "+strategy.d2l.oracle.name=budget"],
     ),
 }
+#: Run by default after the main rows (ER-ACE base): the reviews' prompt start, a random buffer
+#: image as the start of image-to-image generation (img2img strength 0.6, the generator's default).
+VARIANTS = {
+    "erace-d2l-img2img-500": (
+        "ER-ACE + D2L, image-to-image from a random buffer image (the reviews' start)",
+        ["strategy.d2l.img2img=true"],
+    ),
+}
 #: The FWT control: the base with D2L's output layer (10 + 4 heads, the 4 never taken), so
 #: class-IL argmax and the random-init baseline of FWT run over the same heads as the D2L rows.
 CONTROLS = {
@@ -76,8 +84,8 @@ def ensure_generator(output_dir: Path) -> Path:
 def run(name: str, seed: int, runs_dir: Path, generator: Path) -> dict:
     out = runs_dir / f"{name}-seed{seed}"
     experiment, extra = name, []
-    if name in ABLATIONS:
-        experiment, extra = "erace-d2l-500", ABLATIONS[name][1]
+    if name in ABLATIONS or name in VARIANTS:
+        experiment, extra = "erace-d2l-500", {**ABLATIONS, **VARIANTS}[name][1]
     if name in CONTROLS:
         experiment, extra = CONTROLS[name]
     if not (out / "metrics.json").exists() or os.environ.get("FORCE") == "1":
@@ -136,7 +144,7 @@ def main() -> None:
         for base in PAIRS
         for suffix in ("", "-spare", "-d2l")
     ]
-    ablations = ABLATIONS if os.environ.get("ABLATIONS") == "1" else {}
+    ablations = {**VARIANTS, **(ABLATIONS if os.environ.get("ABLATIONS") == "1" else {})}
     jobs += [(name, seed) for name in ablations for seed in SEEDS]
     with ThreadPoolExecutor(int(os.environ.get("JOBS", "1"))) as pool:
         rows = list(pool.map(lambda j: run(j[0], j[1], runs_dir, generator), jobs))
@@ -221,6 +229,15 @@ def main() -> None:
             if r["experiment"] == f"{base}-d2l-500":
                 oracle.update(r["oracle"])
         lines.append(f"- {label} + D2L: oracle decisions on new dream classes {dict(oracle)}")
+    for exp, (label, _) in ablations.items():
+        d_acc, d_fwt = (
+            [a - b for a, b in zip(pick(exp, key), pick("erace-spare-500", key), strict=True)]
+            for key in ("class_il", "fwt_class_il")
+        )
+        lines.append(
+            f"- {label} minus the 14-head ER-ACE control: class-IL {mean_std(d_acc)}, "
+            f"FWT {mean_std(d_fwt)} (per seed {[round(v, 2) for v in d_fwt]})"
+        )
     (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

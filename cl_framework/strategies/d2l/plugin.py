@@ -33,7 +33,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +87,34 @@ class _Pool:
     key: tuple[Any, ...]
     x: torch.Tensor
     heads: torch.Tensor
+
+
+def _normalised(name: str) -> str:
+    return " ".join(str(name).replace("_", " ").lower().split())
+
+
+def _check_class_names(generator: ConditionalGenerator, benchmark: Sequence[str]) -> None:
+    """``init=seen_class`` starts a dream from generator class ``c`` for benchmark label ``c``:
+    the two label spaces must be the same, not only the same size (a Fashion-MNIST generator on
+    Seq-MNIST would start "digit" dreams from garments)."""
+    names = [_normalised(n) for n in getattr(generator, "class_names", [])]
+    wanted = [_normalised(n) for n in benchmark]
+    if names == wanted:
+        return
+    if not names:
+        found = "the generator has no class names"
+    elif len(names) != len(wanted):
+        found = f"{len(names)} generator class names for {len(wanted)} benchmark classes"
+    else:
+        c = next(i for i, (a, b) in enumerate(zip(names, wanted, strict=True)) if a != b)
+        found = f"generator class {c} is '{names[c]}', benchmark label {c} is '{wanted[c]}'"
+    raise ConfigError(
+        "strategy.d2l.init",
+        f"seen_class needs the generator's classes to be the benchmark's, in label order; {found}",
+        "train the generator on the benchmark's classes (clf-pretrain-generator), give the "
+        "diffusers backend generator.options.class_names in label order, or use "
+        "init=generator_class / random",
+    )
 
 
 @register_strategy
@@ -199,6 +227,8 @@ class Dream2Learn(StrategyPlugin):
                 "give the diffusers backend the benchmark's class names "
                 "(generator.options.class_names), or use init=generator_class / random",
             )
+        if self.cfg.init == "seen_class":
+            _check_class_names(generator, ctx.scenario.class_names)
         self._holder.generator = generator
         ctx.heads.release()
         log.info("d2l generator: %s", generator.describe())
