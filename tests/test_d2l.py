@@ -583,3 +583,31 @@ def test_seen_class_init_needs_the_benchmark_classes(tmp_path, real_data_dir, ge
     runner = build_runner(cfg, tmp_path / "right")
     plugin = next(p for p in runner.module.plugins if isinstance(p, Dream2Learn))
     assert plugin.generator.class_names == [str(d) for d in range(10)]
+
+
+def test_related_generator_setting_matches_its_base_and_builds(tmp_path, real_data_dir):
+    """seq-fashion-mnist/erace-d2l-related-500 differs from its base only by D2L, and its
+    seen-class start passes the class-name check with a Fashion-MNIST generator."""
+    base = validate_run_config(compose_config(["experiment=seq-fashion-mnist/erace-mlp-500"]))
+    related = validate_run_config(
+        compose_config(["experiment=seq-fashion-mnist/erace-d2l-related-500"])
+    )
+    assert list(related.strategy) == ["er_ace", "d2l"] and list(base.strategy) == ["er_ace"]
+    assert related.strategy["er_ace"] == base.strategy["er_ace"]
+    assert related.scenario.source == base.scenario.source == "fashion-mnist"
+    assert (related.buffer.size, related.backbone["name"]) == (base.buffer.size, "mlp")
+    assert related.strategy["d2l"]["init"] == "seen_class" and related.strategy["d2l"]["img2img"]
+    from cl_framework.scenarios.mnist import FASHION_MNIST
+
+    gen = tmp_path / "fashion.pt"
+    names = list(FASHION_MNIST.class_names)
+    torch.save(checkpoint_payload(_tiny_generator(), {"class_names": names}), gen)
+    cfg = compose_config(
+        [
+            "experiment=seq-fashion-mnist/erace-d2l-related-500",
+            f"paths.data_dir={real_data_dir}",
+            f"strategy.d2l.generator.path={gen}",
+        ]
+    )
+    runner = build_runner(cfg, tmp_path / "run")
+    assert runner.module.heads.n_heads == 14
