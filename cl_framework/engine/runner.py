@@ -300,7 +300,7 @@ class ContinualRunner:
                 self.module.call_plugins("assign_heads", scenario[0])
                 progress.random_init = self.evaluate()
                 log.info(
-                    "random init: class-IL accuracy on experiences 1..%d: %s",
+                    "before training (FWT reference): class-IL accuracy on experiences 1..%d: %s",
                     scenario.n_experiences,
                     " ".join(f"{a:5.1f}" for a in progress.random_init.class_il),
                 )
