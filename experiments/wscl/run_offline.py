@@ -7,6 +7,10 @@ slices scaled with the data, at most ``--max-candidates`` freezing candidates, d
 step = stream rows (``aux_ratio=1``). Writes ``results.json`` and ``RESULTS.md`` here.
 
     OMP_NUM_THREADS=1 CLF_DATA_DIR=../shared/data .venv/bin/python experiments/wscl/run_offline.py
+
+``--proportional --train-per-class 300 --test-per-class 300 --methods ER-ACE "ER-ACE + WSCL
+(code)"`` instead scales every count of the full-size configs by the same factor (the setting
+whose sign is compared with the full-size runs in RESULTS.md).
 """
 
 from __future__ import annotations
@@ -14,15 +18,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from cl_framework.build import build_runner
-from tests.conftest import compose_config
-
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))  # the repository root: tests.conftest's compose_config
+
+from cl_framework.build import build_runner  # noqa: E402
+from tests.conftest import compose_config  # noqa: E402
+
+RUNS = HERE.parents[1] / "outputs" / "wscl_offline"  # run folders (checkpoints, logs)
 METHODS = {
     "ER-ACE": "erace-500",
     "ER-ACE + WSCL (code)": "erace-wscl-500",
@@ -38,7 +46,9 @@ def metrics(acc: np.ndarray, rand: np.ndarray) -> dict[str, float]:
     return {"faa": faa, "forgetting": forg, "fwt": fwt}
 
 
-def write_report(results: dict[str, dict[str, float]], scale: str) -> None:
+def write_report(
+    results: dict[str, dict[str, float]], scale: str, path: Path, methods: dict[str, str]
+) -> None:
     rows = [
         "# WSCL offline experiment (scaled down, CPU)",
         "",
@@ -48,7 +58,7 @@ def write_report(results: dict[str, dict[str, float]], scale: str) -> None:
         "|---|---|---|---|---|---|---|",
     ]
     base = [v["wall_s"] for k, v in results.items() if k.startswith("ER-ACE|")]
-    for label in METHODS:
+    for label in methods:
         runs = [v for k, v in results.items() if k.split("|")[0] == label]
         if not runs:
             rows.append(f"| {label} | 0 | not run | | | | |")
@@ -68,10 +78,11 @@ def write_report(results: dict[str, dict[str, float]], scale: str) -> None:
         "",
         "Mean +- std (population) over the seeds listed; accuracies in %. FWT = mean over j >= 1",
         "of acc[j-1][j] - random-init acc[j] (measured after the head assignment of experience j).",
-        "Raw numbers: `results.json`. Re-run: `python experiments/wscl/run_offline.py` (skips",
+        f"Raw numbers: `{path.with_suffix('.json').name.replace('RESULTS', 'results')}`. "
+        "Re-run: `python experiments/wscl/run_offline.py` with the same flags (skips",
         "finished (method, seed) pairs).",
     ]
-    (HERE / "RESULTS.md").write_text("\n".join(rows) + "\n")
+    path.write_text("\n".join(rows) + "\n")
 
 
 def main() -> None:
@@ -80,8 +91,20 @@ def main() -> None:
     ap.add_argument("--train-per-class", type=int, default=100)
     ap.add_argument("--test-per-class", type=int, default=100)
     ap.add_argument("--max-candidates", type=int, default=3)
+    ap.add_argument(
+        "--proportional",
+        action="store_true",
+        help="scale every count of the full-size config by train-per-class / 6000 (held-out "
+        "slices, MNIST dream images per class, all of them replayed: aux_ratio=dataset) and "
+        "keep its candidate limit; writes RESULTS-proportional<N>.md / results-...json",
+    )
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args()
+    methods = {k: METHODS[k] for k in args.methods}
+    if args.proportional:
+        write_proportional(args, methods)
+        return
     scale = (
         f"Seq-Fashion-MNIST 32 px, reduced ResNet-18, buffer 500, 1 epoch, batch 10, lr 0.03; "
         f"{args.train_per_class} training and {args.test_per_class} test images per class "
@@ -96,10 +119,10 @@ def main() -> None:
     out = HERE / "results.json"
     results = json.loads(out.read_text()) if out.exists() else {}
     if args.report_only:
-        write_report(results, scale)
+        write_report(results, scale, HERE / "RESULTS.md", methods)
         return
     for seed in args.seeds:
-        for label, exp in METHODS.items():
+        for label, exp in methods.items():
             key = f"{label}|{seed}"
             if key in results:
                 continue
@@ -119,15 +142,73 @@ def main() -> None:
                     f"strategy.wscl.max_candidates={args.max_candidates}",
                     "strategy.wscl.aux_ratio=1.0",
                 ]
-            start = time.perf_counter()
-            runner = build_runner(compose_config(over), HERE / "runs" / exp / str(seed))
-            res = runner.run()
-            wall = time.perf_counter() - start
-            m = metrics(res.class_il, np.asarray(res.random_init.class_il))
-            results[key] = {**m, "wall_s": wall}
+            results[key] = run_one(over, RUNS / exp / str(seed))
             out.write_text(json.dumps(results, indent=1))
             print(key, results[key], flush=True)
-            write_report(results, scale)
+            write_report(results, scale, HERE / "RESULTS.md", methods)
+
+
+def run_one(overrides: list[str], run_dir: Path) -> dict[str, float]:
+    """One run in this process: FAA, forgetting, FWT and wall time."""
+    start = time.perf_counter()
+    res = build_runner(compose_config(overrides), run_dir).run()
+    wall = time.perf_counter() - start
+    return {**metrics(res.class_il, np.asarray(res.random_init.class_il)), "wall_s": wall}
+
+
+def write_proportional(args: argparse.Namespace, methods: dict[str, str]) -> None:
+    """The full-size configs with every count scaled by the same factor (issue 15, item 5).
+
+    The default scale-down above keeps the dream rows at one per real row and caps the
+    candidates, so WSCL trains much more than ER-ACE relative to the full-size runs; here the
+    real-to-dream ratio, the held-out fractions and the candidate limit are those of the
+    full-size configs, only the number of images per class changes.
+    """
+    n = args.train_per_class
+    factor = n / 6000
+    val, freeze = max(2, round(1000 * factor)), max(2, round(200 * factor))
+    scale = (
+        f"Proportional scale-down of the full-size configs: {n} of 6000 training images per "
+        f"class ({factor:.3f}x) and {args.test_per_class} test images per class (seeded subsets) "
+        f"of Seq-Fashion-MNIST 32 px; WSCL: held-out val {val} + freezing buffer {freeze} "
+        f"images per experience (1000 + 200 of 12000, scaled), MNIST dream set {n} images per "
+        "class (32 px RGB), every dream image of the bound classes replayed (aux_ratio=dataset, "
+        "as at full size), candidate limit of the config (null). Reduced ResNet-18, buffer "
+        "500, 1 epoch, batch 10, lr 0.03; one thread."
+    )
+    tag = f"proportional{n}"
+    out = HERE / f"results-{tag}.json"
+    report = HERE / f"RESULTS-{tag}.md"
+    data = os.environ.get("CLF_DATA_DIR", str(HERE.parents[2] / "shared" / "data"))
+    results = json.loads(out.read_text()) if out.exists() else {}
+    for seed in [] if args.report_only else args.seeds:
+        for label, exp in methods.items():
+            key = f"{label}|{seed}"
+            if key in results:
+                continue
+            over = [
+                f"experiment=seq-fashion-mnist/{exp}",
+                f"paths.data_dir={data}",
+                f"seed={seed}",
+                f"scenario.source_options.max_train_per_class={n}",
+                f"scenario.source_options.max_test_per_class={args.test_per_class}",
+                "trainer.num_threads=1",
+            ]
+            if "wscl" in exp:
+                over += [
+                    f"strategy.wscl.val_size={val}",
+                    f"strategy.wscl.freeze_buffer_size={freeze}",
+                    "strategy.wscl.dataset=resized",
+                    "+strategy.wscl.options.base=mnist",
+                    "+strategy.wscl.options.size=32",
+                    "+strategy.wscl.options.channels=3",
+                    f"+strategy.wscl.options.max_train_per_class={n}",
+                    f"+strategy.wscl.options.max_test_per_class={args.test_per_class}",
+                ]
+            results[key] = run_one(over, RUNS / tag / exp / str(seed))
+            out.write_text(json.dumps(results, indent=1))
+            print(key, results[key], flush=True)
+    write_report(results, scale, report, methods)
 
 
 if __name__ == "__main__":
