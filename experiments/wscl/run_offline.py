@@ -115,12 +115,32 @@ def main() -> None:
         "1 NREM epoch, plasticity 5 % / 0.05 on |w*grad|, 1 REM epoch. 2 shared CPU cores, "
         "OMP_NUM_THREADS=1."
     )
-    data = os.environ.get("CLF_DATA_DIR", str(HERE.parents[2] / "shared" / "data"))
     out = HERE / "results.json"
     results = json.loads(out.read_text()) if out.exists() else {}
     if args.report_only:
         write_report(results, scale, HERE / "RESULTS.md", methods)
         return
+    wscl_over = [
+        # the reference's 1000 + 200 of 12000 images per experience, scaled
+        f"strategy.wscl.val_size={max(20, 2 * args.train_per_class // 10)}",
+        f"strategy.wscl.freeze_buffer_size={max(10, 2 * args.train_per_class // 25)}",
+        f"strategy.wscl.max_candidates={args.max_candidates}",
+        "strategy.wscl.aux_ratio=1.0",
+    ]
+    for _ in run_missing(args, methods, results, out, RUNS, wscl_over):
+        write_report(results, scale, HERE / "RESULTS.md", methods)
+
+
+def run_missing(
+    args: argparse.Namespace,
+    methods: dict[str, str],
+    results: dict[str, dict[str, float]],
+    out: Path,
+    run_root: Path,
+    wscl_overrides: list[str],
+):
+    """Run every (method, seed) not yet in ``results``, saving ``out`` after each; yields keys."""
+    data = os.environ.get("CLF_DATA_DIR", str(HERE.parents[2] / "shared" / "data"))
     for seed in args.seeds:
         for label, exp in methods.items():
             key = f"{label}|{seed}"
@@ -135,17 +155,11 @@ def main() -> None:
                 "trainer.num_threads=1",
             ]
             if "wscl" in exp:
-                over += [
-                    # the reference's 1000 + 200 of 12000 images per experience, scaled
-                    f"strategy.wscl.val_size={max(20, 2 * args.train_per_class // 10)}",
-                    f"strategy.wscl.freeze_buffer_size={max(10, 2 * args.train_per_class // 25)}",
-                    f"strategy.wscl.max_candidates={args.max_candidates}",
-                    "strategy.wscl.aux_ratio=1.0",
-                ]
-            results[key] = run_one(over, RUNS / exp / str(seed))
+                over += wscl_overrides
+            results[key] = run_one(over, run_root / exp / str(seed))
             out.write_text(json.dumps(results, indent=1))
             print(key, results[key], flush=True)
-            write_report(results, scale, HERE / "RESULTS.md", methods)
+            yield key
 
 
 def run_one(overrides: list[str], run_dir: Path) -> dict[str, float]:
@@ -179,35 +193,20 @@ def write_proportional(args: argparse.Namespace, methods: dict[str, str]) -> Non
     tag = f"proportional{n}"
     out = HERE / f"results-{tag}.json"
     report = HERE / f"RESULTS-{tag}.md"
-    data = os.environ.get("CLF_DATA_DIR", str(HERE.parents[2] / "shared" / "data"))
     results = json.loads(out.read_text()) if out.exists() else {}
-    for seed in [] if args.report_only else args.seeds:
-        for label, exp in methods.items():
-            key = f"{label}|{seed}"
-            if key in results:
-                continue
-            over = [
-                f"experiment=seq-fashion-mnist/{exp}",
-                f"paths.data_dir={data}",
-                f"seed={seed}",
-                f"scenario.source_options.max_train_per_class={n}",
-                f"scenario.source_options.max_test_per_class={args.test_per_class}",
-                "trainer.num_threads=1",
-            ]
-            if "wscl" in exp:
-                over += [
-                    f"strategy.wscl.val_size={val}",
-                    f"strategy.wscl.freeze_buffer_size={freeze}",
-                    "strategy.wscl.dataset=resized",
-                    "+strategy.wscl.options.base=mnist",
-                    "+strategy.wscl.options.size=32",
-                    "+strategy.wscl.options.channels=3",
-                    f"+strategy.wscl.options.max_train_per_class={n}",
-                    f"+strategy.wscl.options.max_test_per_class={args.test_per_class}",
-                ]
-            results[key] = run_one(over, RUNS / tag / exp / str(seed))
-            out.write_text(json.dumps(results, indent=1))
-            print(key, results[key], flush=True)
+    wscl_over = [
+        f"strategy.wscl.val_size={val}",
+        f"strategy.wscl.freeze_buffer_size={freeze}",
+        "strategy.wscl.dataset=resized",
+        "+strategy.wscl.options.base=mnist",
+        "+strategy.wscl.options.size=32",
+        "+strategy.wscl.options.channels=3",
+        f"+strategy.wscl.options.max_train_per_class={n}",
+        f"+strategy.wscl.options.max_test_per_class={args.test_per_class}",
+    ]
+    if not args.report_only:
+        for _ in run_missing(args, methods, results, out, RUNS / tag, wscl_over):
+            pass
     write_report(results, scale, report, methods)
 
 
