@@ -47,7 +47,11 @@ def metrics(acc: np.ndarray, rand: np.ndarray) -> dict[str, float]:
 
 
 def write_report(
-    results: dict[str, dict[str, float]], scale: str, path: Path, methods: dict[str, str]
+    results: dict[str, dict[str, float]],
+    scale: str,
+    path: Path,
+    methods: dict[str, str],
+    raw: Path,
 ) -> None:
     rows = [
         "# WSCL offline experiment (scaled down, CPU)",
@@ -78,7 +82,7 @@ def write_report(
         "",
         "Mean +- std (population) over the seeds listed; accuracies in %. FWT = mean over j >= 1",
         "of acc[j-1][j] - random-init acc[j] (measured after the head assignment of experience j).",
-        f"Raw numbers: `{path.with_suffix('.json').name.replace('RESULTS', 'results')}`. "
+        f"Raw numbers: `{raw.name}`. "
         "Re-run: `python experiments/wscl/run_offline.py` with the same flags (skips",
         "finished (method, seed) pairs).",
     ]
@@ -118,7 +122,7 @@ def main() -> None:
     out = HERE / "results.json"
     results = json.loads(out.read_text()) if out.exists() else {}
     if args.report_only:
-        write_report(results, scale, HERE / "RESULTS.md", methods)
+        write_report(results, scale, HERE / "RESULTS.md", methods, out)
         return
     wscl_over = [
         # the reference's 1000 + 200 of 12000 images per experience, scaled
@@ -128,7 +132,7 @@ def main() -> None:
         "strategy.wscl.aux_ratio=1.0",
     ]
     for _ in run_missing(args, methods, results, out, RUNS, wscl_over):
-        write_report(results, scale, HERE / "RESULTS.md", methods)
+        write_report(results, scale, HERE / "RESULTS.md", methods, out)
 
 
 def run_missing(
@@ -207,7 +211,7 @@ def write_proportional(args: argparse.Namespace, methods: dict[str, str]) -> Non
     if not args.report_only:
         for _ in run_missing(args, methods, results, out, RUNS / tag, wscl_over):
             pass
-    write_report(results, scale, report, methods)
+    write_report(results, scale, report, methods, out)
 
 
 if __name__ == "__main__":
