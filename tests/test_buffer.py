@@ -194,6 +194,34 @@ def test_colliding_rows_in_one_batch_keep_the_later_row() -> None:
     assert buf.all()["x"].tolist() == [float(winner)]
 
 
+def test_cpu_add_matches_the_vectorised_policy_and_stores_the_kept_rows() -> None:
+    # The CPU path of ``add`` decides in scalar Python and skips the copies when no row is
+    # kept; its slots must equal ``reservoir_slots`` on the same draws (a mirror generator),
+    # and the storage must hold exactly the rows those slots name, field by field.
+    capacity = 7
+    buf = ReplayBuffer(capacity, seed=11)
+    mirror = torch.Generator().manual_seed(11)
+    expected_x = [None] * capacity
+    expected_g = [None] * capacity
+    seen, skipped = 0, 0
+    for step in range(60):
+        batch = 1 + step % 5
+        x = torch.arange(seen, seen + batch, dtype=torch.float32).unsqueeze(1)
+        g = torch.randn(batch, 2, requires_grad=True) * 1.0  # a non-leaf that needs detaching
+        slots = buf.add(x=x, g=g)
+        uniforms = torch.rand(batch, generator=mirror, dtype=torch.float64)
+        assert slots.tolist() == reservoir_slots(seen, capacity, uniforms).tolist()
+        skipped += int((slots < 0).all())
+        for row, slot in enumerate(slots.tolist()):
+            if slot >= 0:
+                expected_x[slot], expected_g[slot] = float(x[row, 0]), g[row].tolist()
+        seen += batch
+    stored = buf.all()
+    assert stored["x"].squeeze(1).tolist() == expected_x
+    assert torch.allclose(stored["g"], torch.tensor(expected_g), rtol=0, atol=0)
+    assert not stored["g"].requires_grad and skipped > 10  # the no-copy branch ran
+
+
 # --------------------------------------------------------------------------- class_balanced
 
 

@@ -29,6 +29,7 @@ the hot path has no per-step device synchronisation.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -70,6 +71,17 @@ class StepLog:
 
 def _chain(first: TapModifier, second: TapModifier) -> TapModifier:
     return lambda t: second(first(t))
+
+
+def sum_of_terms(losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The step's objective: the scalar loss terms added in order (``a + b + c``; fewer ops
+    than stacking them, the same gradient). A term with more than one element is an error."""
+    total: torch.Tensor | None = None
+    for value in losses.values():
+        term = value if value.dim() == 0 else value.reshape(())
+        total = term if total is None else total + term
+    assert total is not None
+    return total
 
 
 def rows_independent(network: nn.Module) -> bool:
@@ -303,9 +315,9 @@ class CLModule(pl.LightningModule):
                 losses[name] = value
         if not losses:
             raise RuntimeError("no loss term: a plug-in with replaces_ce returned none")
-        total = torch.stack([v.reshape(()) for v in losses.values()]).sum()
+        total = sum_of_terms(losses)
         every = self.check_finite_every_n_steps
-        if every > 0 and self.step_count % every == 0 and not bool(torch.isfinite(total)):
+        if every > 0 and self.step_count % every == 0 and not math.isfinite(total.item()):
             raise NonFiniteLossError(
                 step=self.step_count,
                 experience=self.experience_index,
@@ -324,9 +336,10 @@ class CLModule(pl.LightningModule):
         return self._end_step(total, losses)
 
     def _offer_rows(self, fields: dict[str, torch.Tensor], n: int) -> None:
-        rows = {k: v[:n].detach() for k, v in fields.items()}
+        # the buffer detaches what needs it; slice only batches with appended (foreign) rows
+        rows = {k: v if len(v) == n else v[:n] for k, v in fields.items()}
         if self.replicate_buffer:  # DDP: every rank inserts the whole global batch
-            rows = {k: gather_rows(v) for k, v in rows.items()}
+            rows = {k: gather_rows(v.detach()) for k, v in rows.items()}
         self.buffer.add(**rows)
 
     def _offer_only(self, step: Batch) -> torch.Tensor:
