@@ -10,10 +10,12 @@ import logging
 import sys
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from cl_framework.cli_errors import EXIT_BAD_INPUT
@@ -93,11 +95,13 @@ def run(
     output_dir: Path,
     explicit_overrides: bool = True,
     passed_keys: tuple[str, ...] = (),
+    startup_s: Mapping[str, float] | None = None,
 ) -> dict:
     """Build, train, evaluate and write the outputs of one run; returns metrics.json.
 
     With ``resume=<run dir>`` the run continues from that directory's last checkpoint and
-    writes its outputs there.
+    writes its outputs there. ``startup_s``: seconds spent before this call (``clf-train``:
+    interpreter start, imports, Hydra), recorded as phases of ``timings.json``.
     """
     from cl_framework.build import build_runner
     from cl_framework.errors import CLFrameworkError
@@ -120,6 +124,8 @@ def run(
     else:
         runner = build_runner(cfg, output_dir)
     runner.clock.add("build (data, model, buffer)", time.perf_counter() - started)
+    for name, seconds in (startup_s or {}).items():
+        runner.clock.add(name, seconds)
     log_run_config(runner.loggers, runner.config)
     try:
         result = runner.run()
@@ -142,9 +148,8 @@ def run(
     if runner.rank == 0:  # DDP: one writer
         with runner.clock.phase("outputs (files, plots)"):
             paths = write_outputs(output_dir, metrics)
-        timings = write_timings(
-            output_dir, runner.clock, time.perf_counter() - started, runner.train_batches
-        )
+        wall = time.perf_counter() - started + sum((startup_s or {}).values())
+        timings = write_timings(output_dir, runner.clock, wall, runner.train_batches)
         log.info("\n%s", format_summary(metrics))
         log.info("time by phase: %s (all: %s)", runner.clock.summary_line(), timings.name)
         log.info("outputs in %s", paths["metrics"].parent)
@@ -196,9 +201,19 @@ def _command_line() -> tuple[bool, tuple[str, ...]]:
 def hydra_main(cfg: DictConfig) -> float:
     """The Hydra task: one run (one job of a ``-m`` sweep)."""
     from cl_framework.cli_errors import check_added_strategies
+    from cl_framework.engine.timing import IMPORT_PHASE, STARTUP_PHASE, process_age_s
     from cl_framework.errors import NonFiniteLossError, RunInterrupted
 
+    # the whole process in timings.json: what ran before this task (not again for the later
+    # jobs of a sweep, which share the process), then Lightning's import (torch, torchmetrics
+    # and what they pull in: most of a short run's start-up)
+    before = process_age_s()
+    import_started = time.perf_counter()
     quiet_lightning()
+    startup_s = {IMPORT_PHASE: time.perf_counter() - import_started}
+    job = HydraConfig.get()
+    if before is not None and (job.mode != RunMode.MULTIRUN or job.job.num == 0):
+        startup_s = {STARTUP_PHASE: before, **startup_s}
     quiet_other_ranks(cfg)
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
@@ -208,7 +223,9 @@ def hydra_main(cfg: DictConfig) -> float:
         )
         log_choices(cfg, dict(hydra_cfg.runtime.choices))
         explicit, keys = _command_line()
-        metrics = run(cfg, output_dir, explicit_overrides=explicit, passed_keys=keys)
+        metrics = run(
+            cfg, output_dir, explicit_overrides=explicit, passed_keys=keys, startup_s=startup_s
+        )
     except RunInterrupted as exc:
         print(f"clf-train: {exc}; resume with resume=<run dir>", file=sys.stderr)
         sys.exit(128 + exc.signum)

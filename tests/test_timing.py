@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 
 import pytest
 
 from cl_framework.engine import timing
-from cl_framework.engine.timing import PhaseClock
+from cl_framework.engine.timing import IMPORT_PHASE, STARTUP_PHASE, PhaseClock
 from cl_framework.train import run
-from tests.conftest import compose_config
+from tests.conftest import compose_config, run_clf_train
 
 
 class FakeTime:
@@ -97,3 +100,30 @@ def test_plugin_timed_blocks_are_phases_of_their_own(monkeypatch):
         with plugin.timed("dream pool"):
             fake.now += 5.0
     assert clock.seconds == {"train": pytest.approx(2.0), "train > d2l.dream pool": 5.0}
+
+
+def test_process_age_counts_from_the_interpreter_start():
+    code = (
+        "import time; time.sleep(0.5); from cl_framework.engine.timing import process_age_s; "
+        "print(process_age_s())"
+    )
+    started = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    age = float(out.stdout)
+    assert 0.5 <= age <= time.perf_counter() - started + 0.02  # 10 ms clock ticks
+
+
+def test_clf_train_timings_cover_the_whole_process(tmp_path):
+    # start-up (interpreter, Hydra) and the Lightning import are phases too: together with
+    # the run's phases they account for the process' wall time up to interpreter exit
+    started = time.perf_counter()
+    proc = run_clf_train(tmp_path, "trainer.limit_train_batches=2", "trainer.progress_bar=false")
+    process_wall = time.perf_counter() - started
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    timings = json.loads((tmp_path / "timings.json").read_text())
+    phases = {p["phase"]: p["seconds"] for p in timings["phases"]}
+    assert phases[IMPORT_PHASE] > 0.2  # torch alone takes longer than that to import
+    assert phases[STARTUP_PHASE] > 0.0
+    assert phases[STARTUP_PHASE] + phases[IMPORT_PHASE] < timings["wall_time_s"]
+    assert timings["wall_time_s"] <= process_wall
+    assert timings["wall_time_s"] >= 0.8 * process_wall  # what is left: interpreter exit

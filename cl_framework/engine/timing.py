@@ -11,12 +11,31 @@ spent inside phases. Per-step work of plug-ins (SAM's saliency branch, TwF's tea
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 #: How nested phase names are joined in the records.
 SEPARATOR = " > "
+
+#: ``clf-train``'s phases before the run is built (``timings.json``; see ``train.hydra_main``).
+STARTUP_PHASE = "start-up (interpreter, CLI imports, Hydra config)"
+IMPORT_PHASE = "import torch + Lightning"
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process was started (Linux ``/proc``; 10 ms resolution), or None
+    where the start time is unknown. It lets ``timings.json`` cover the interpreter start and
+    the imports, which happen before any clock of ours exists."""
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        started = int(stat.rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+        now = time.clock_gettime(time.CLOCK_BOOTTIME)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+    return max(0.0, now - started)
 
 
 class PhaseClock:
