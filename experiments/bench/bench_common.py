@@ -56,6 +56,8 @@ class ContenderResult:
     train_cpu_s: float = 0.0  # process CPU time of training (robust to other load)
     wall_time_s: float = 0.0  # in-process wall time (data loading + training + evaluation)
     extra: dict = field(default_factory=dict)
+    #: whole-process phases in seconds (start-up, data, train, evaluate), for RESULTS.md
+    phases: dict = field(default_factory=dict)
 
     @property
     def steps_per_s(self) -> float:

@@ -38,6 +38,8 @@ sys.path.insert(0, str(HERE))
 
 from bench_common import THREADS_ENV, DerppConfig, data_dir  # noqa: E402
 
+from cl_framework.engine.timing import IMPORT_PHASE, STARTUP_PHASE  # noqa: E402
+
 CONTENDERS = ("ours", "hand-written", "hand-written-joint", "avalanche-lean", "avalanche-default")
 TARGET_VS_HAND = 1.3
 #: issue 17: whole process (start to metrics.json) vs the hand-written loops
@@ -141,12 +143,15 @@ def run_contender(
         )
         if clock.exists():
             result["train_cpu_s"] = json.loads(clock.read_text())["cpu_s"]
+        timings = json.loads((run_dir / "timings.json").read_text())
+        result["phases"] = {p["phase"]: p["seconds"] for p in timings["phases"]}
     else:
         child = json.loads(out.read_text())
         result.update({k: child[k] for k in ("final_avg_acc", "acc_matrix", "steps")})
         result.update(train_time_s=child["train_time_s"], wall_time_s=child["wall_time_s"])
         result["train_cpu_s"] = child.get("train_cpu_s")
         result["extra"] = child.get("extra", {})
+        result["phases"] = child.get("phases", {})
     result["steps_per_s"] = result["steps"] / result["train_time_s"]
     return result
 
@@ -276,6 +281,58 @@ def ratios_table(best: dict[str, dict[str, Any] | None], rounds: dict[str, list]
             f"| ours / {other} | {ratio:.2f} | {fmt(cpu_ratio, 2)} | {goal} | {met} "
             f"| {process:.2f} | {process_met} | {gap:+.2f} |"
         )
+    return "\n".join(lines)
+
+
+#: Whole-process rows: (label, ours' timings.json phases, the hand-written loops' phases).
+PROCESS_ROWS = (
+    ("start-up: interpreter + imports before the run", (STARTUP_PHASE,), ("start-up",)),
+    ("import torch + Lightning (ours; in start-up for the others)", (IMPORT_PHASE,), ()),
+    ("data (ours: + model, buffer)", ("build (data, model, buffer)",), ("data",)),
+    ("train", ("train",), ("train",)),
+    ("evaluate", ("evaluate",), ("evaluate",)),
+    ("checkpoint", ("checkpoint",), ()),
+    ("outputs: metrics.json, CSV, plots", ("outputs (files, plots)",), ()),
+)
+PROCESS_CONTENDERS = ("ours", "hand-written", "hand-written-joint")
+
+
+def process_table(best: dict[str, dict[str, Any] | None]) -> str:
+    """Where the whole process' wall time goes, per contender (the round of the results table).
+
+    Ours from its ``timings.json``, the hand-written loops from their own clocks; the
+    interpreter's exit is the process wall time the phases do not cover."""
+    present = [c for c in PROCESS_CONTENDERS if best.get(c) and best[c].get("phases")]
+    if "ours" not in present:
+        return "(no whole-process phases: ours failed or predates timings.json start-up phases)"
+    head = "| phase | " + " | ".join(f"{c} (s)" for c in present) + " | ours - hand-written (s) |"
+    lines = [head, "|---" * (len(present) + 2) + "|"]
+    covered = {c: 0.0 for c in present}
+
+    def row(label: str, values: dict[str, float | None]) -> None:
+        cells = [fmt(values.get(c), 2) if values.get(c) is not None else "-" for c in present]
+        ours, hand = values.get("ours"), values.get("hand-written")
+        diff = f"{(ours or 0.0) - (hand or 0.0):+.2f}" if "hand-written" in present else "-"
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {diff} |")
+
+    listed: set[str] = set()
+    for label, ours_keys, other_keys in PROCESS_ROWS:
+        values: dict[str, float | None] = {}
+        for c in present:
+            keys = ours_keys if c == "ours" else other_keys
+            phases = best[c]["phases"]
+            values[c] = sum(float(phases.get(k, 0.0)) for k in keys) if keys else None
+            covered[c] += values[c] or 0.0
+        listed.update(ours_keys)
+        row(label, values)
+    rest = sum(v for k, v in best["ours"]["phases"].items() if k not in listed)
+    covered["ours"] += rest
+    row("other phases of ours (plug-in hooks)", {"ours": rest})
+    row(
+        "interpreter exit, unaccounted",
+        {c: best[c]["process_wall_s"] - covered[c] for c in present},
+    )
+    row("**process wall**", {c: best[c]["process_wall_s"] for c in present})
     return "\n".join(lines)
 
 
@@ -459,6 +516,17 @@ minimum over rounds, the other timing columns come from the round with the short
 {results_table(ctx["best"], ctx["rounds"])}
 
 {ratios_table(ctx["best"], ctx["rounds"])}
+
+### Whole process, by phase
+
+Seconds of each contender's round above, from start to exit: ours from the run's
+`timings.json` (its start-up phase is the process' age when Hydra hands over the composed
+config, read from `/proc`; then the timed `import pytorch_lightning`, which brings in torch,
+torchmetrics and what torchmetrics finds installed), the hand-written loops from their own
+clocks (their start-up includes `import torch`). "Interpreter exit" is what the phases leave of
+the measured process wall time.
+
+{process_table(ctx["best"])}
 
 Class-IL accuracy matrices (row i = after experience i):
 
