@@ -103,6 +103,7 @@ def run(
     writes its outputs there. ``startup_s``: seconds spent before this call (``clf-train``:
     interpreter start, imports, Hydra), recorded as phases of ``timings.json``.
     """
+    started = time.perf_counter()  # the engine's imports (matplotlib, ...) count as building
     from cl_framework.build import build_runner
     from cl_framework.errors import CLFrameworkError
     from cl_framework.evaluation.report import (
@@ -115,7 +116,6 @@ def run(
     from cl_framework.evaluation.tracking import finish_loggers, log_final_metrics, log_run_config
     from cl_framework.run_config import to_plain
 
-    started = time.perf_counter()
     plain = to_plain(cfg)
     if plain.get("resume"):
         cfg, payload, output_dir, ckpt = prepare_resume(cfg, explicit_overrides, passed_keys)

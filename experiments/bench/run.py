@@ -287,8 +287,8 @@ def ratios_table(best: dict[str, dict[str, Any] | None], rounds: dict[str, list]
 #: Whole-process rows: (label, ours' timings.json phases, the hand-written loops' phases).
 PROCESS_ROWS = (
     ("start-up: interpreter + imports before the run", (STARTUP_PHASE,), ("start-up",)),
-    ("import torch + Lightning (ours; in start-up for the others)", (IMPORT_PHASE,), ()),
-    ("data (ours: + model, buffer)", ("build (data, model, buffer)",), ("data",)),
+    ("import torch + Lightning (ours; torch is in start-up for the others)", (IMPORT_PHASE,), ()),
+    ("data (ours: + engine imports, model, buffer)", ("build (data, model, buffer)",), ("data",)),
     ("train", ("train",), ("train",)),
     ("evaluate", ("evaluate",), ("evaluate",)),
     ("checkpoint", ("checkpoint",), ()),
