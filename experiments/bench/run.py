@@ -289,6 +289,11 @@ PROCESS_ROWS = (
     ("start-up: interpreter + imports before the run", (STARTUP_PHASE,), ("start-up",)),
     ("import torch + Lightning (ours; torch is in start-up for the others)", (IMPORT_PHASE,), ()),
     ("data (ours: + engine imports, model, buffer)", ("build (data, model, buffer)",), ("data",)),
+    (
+        "set-up: model, optimizer (the first `torch.optim.SGD` imports `torch._dynamo`)",
+        (),
+        ("set-up",),
+    ),
     ("train", ("train",), ("train",)),
     ("evaluate", ("evaluate",), ("evaluate",)),
     ("checkpoint", ("checkpoint",), ()),
