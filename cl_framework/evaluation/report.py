@@ -16,7 +16,6 @@ import numpy as np
 from cl_framework.engine.runner import RunResult
 from cl_framework.engine.timing import PhaseClock
 from cl_framework.evaluation.metrics import average_accuracy_curve, summarize
-from cl_framework.evaluation.plots import plot_accuracy_matrix, plot_average_accuracy
 
 SETTINGS = ("class_il", "task_il")
 
@@ -129,6 +128,9 @@ def write_timings(
 
 def write_outputs(output_dir: Path, metrics: Mapping[str, Any]) -> dict[str, Path]:
     """Write metrics.json, acc_matrix.csv and the PNG plots; returns their paths."""
+    # matplotlib only now, when a run has results to draw (not for runs that fail early)
+    from cl_framework.evaluation.plots import plot_accuracy_matrix, plot_average_accuracy
+
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = {"metrics": output_dir / "metrics.json", "csv": output_dir / "acc_matrix.csv"}
     _atomic_write_text(paths["metrics"], json.dumps(metrics, indent=2))
