@@ -15,6 +15,11 @@ from omegaconf import DictConfig
 ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = ROOT / "conf"
 
+# decoded MNIST for every test process and the clf-train children they start, inside the
+# repo's ignored pytest cache instead of the user's ~/.cache (entries are content-addressed
+# and written atomically, so the two xdist workers can share them)
+os.environ.setdefault("CLF_CACHE_DIR", str(ROOT / ".pytest_cache" / "clf-decoded"))
+
 
 def shared_data_dir() -> Path:
     """Real MNIST / Fashion-MNIST: CLF_DATA_DIR, else ../shared/data beside the repo."""

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from cl_framework.errors import DataError
+from cl_framework.scenarios import decoded_cache
 
 IDX_LABELS_MAGIC = 0x00000801
 """uint8 data with one dimension: a label file."""
@@ -23,6 +24,7 @@ IDX_IMAGES_MAGIC = 0x00000803
 """uint8 data with three dimensions (N, H, W): an image file."""
 
 _UINT8_TYPE_CODE = 0x08
+_CACHE_KIND = "idx"
 _GZIP_SIGNATURE = b"\x1f\x8b"
 _FIX = (
     "replace it with an intact copy of the original file "
@@ -33,13 +35,32 @@ _FIX = (
 def read_idx(path: str | Path, *, expected_magic: int | None = None) -> np.ndarray:
     """Read an IDX file (raw or gzip) into a uint8 array shaped by its header dimensions.
 
-    ``expected_magic`` guards against passing a label file where images are expected.
+    ``expected_magic`` guards against passing a label file where images are expected. A file
+    decoded before is read back from :mod:`~cl_framework.scenarios.decoded_cache` (keyed by
+    the file's bytes, so the result is the same array either way).
     """
     path = Path(path)
     try:
         blob = path.read_bytes()
     except OSError as exc:
         raise DataError(str(path), f"cannot be read ({exc.strerror or exc})", fix=_FIX) from exc
+    key = decoded_cache.content_key(blob)
+    cached = decoded_cache.load(_CACHE_KIND, key)
+    if cached is not None and _fits(cached, expected_magic):
+        return cached
+    array = _decode(path, blob, expected_magic)
+    decoded_cache.store(_CACHE_KIND, key, array)
+    return array
+
+
+def _fits(array: np.ndarray, expected_magic: int | None) -> bool:
+    """Whether a cached array is what decoding would give: uint8, with the expected rank."""
+    ndim = None if expected_magic is None else expected_magic & 0xFF
+    return array.dtype == np.uint8 and (ndim is None or array.ndim == ndim)
+
+
+def _decode(path: Path, blob: bytes, expected_magic: int | None) -> np.ndarray:
+    """Validate and decode the bytes of an IDX file (see :func:`read_idx`)."""
     if blob[:2] == _GZIP_SIGNATURE:
         data, stream_complete = _gunzip(path, blob)
     else:
