@@ -29,11 +29,19 @@ test-slow: $(STAMP)
 
 # Ours vs a hand-written loop vs Avalanche (DER++-500, Seq-MNIST) + buffer micro-benchmarks +
 # profile; rewrites experiments/bench/RESULTS.md (< 10 min on 2 cores). BENCH_THREADS=1 default.
+# $(BASE_VENV): the package with its base dependencies only (what `pip install` without extras
+# gives), for the whole-process rows of a default install; skipped if it cannot be installed.
+BASE_VENV ?= .venv-base
 bench: $(STAMP)
 	$(BIN)/python -m pip show -q avalanche-lib >/dev/null 2>&1 \
 	  || $(BIN)/python -m pip install --quiet "avalanche-lib>=0.6" \
 	  || echo "avalanche-lib could not be installed: its rows will say so"
-	$(BIN)/python experiments/bench/run.py
+	test -f $(BASE_VENV)/.installed -a $(BASE_VENV)/.installed -nt pyproject.toml \
+	  || { (test -x $(BASE_VENV)/bin/python || $(PYTHON) -m venv $(BASE_VENV)) \
+	       && $(BASE_VENV)/bin/python -m pip install --quiet -e . && touch $(BASE_VENV)/.installed; } \
+	  || echo "no base-install venv: its rows will be missing"
+	$(BIN)/python experiments/bench/run.py \
+	  $$(test -f $(BASE_VENV)/.installed && echo --base-python $(BASE_VENV)/bin/python)
 
 lint: $(STAMP)
 	$(BIN)/ruff check cl_framework tests experiments
@@ -44,4 +52,4 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix cl_framework tests experiments
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) $(BASE_VENV) outputs .pytest_cache

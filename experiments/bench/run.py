@@ -41,6 +41,10 @@ from bench_common import THREADS_ENV, DerppConfig, data_dir  # noqa: E402
 from cl_framework.engine.timing import IMPORT_PHASE, STARTUP_PHASE  # noqa: E402
 
 CONTENDERS = ("ours", "hand-written", "hand-written-joint", "avalanche-lean", "avalanche-default")
+#: the same two again in a virtual environment with the package's base dependencies only (no
+#: extras: what ``pip install cl_framework`` gives), when ``--base-python`` names one
+BASE_SUFFIX = "-base-install"
+BASE_CONTENDERS = ("ours" + BASE_SUFFIX, "hand-written" + BASE_SUFFIX)
 TARGET_VS_HAND = 1.3
 #: issue 17: whole process (start to metrics.json) vs the hand-written loops
 TARGET_PROCESS_VS_HAND = 1.1
@@ -92,13 +96,18 @@ def steps_of_ours(limit: int | None) -> int:
 
 
 def run_contender(
-    name: str, work: Path, env: dict[str, str], limit: int | None, round_: int
+    name: str,
+    work: Path,
+    env: dict[str, str],
+    limit: int | None,
+    round_: int,
+    base_python: str | None = None,
 ) -> dict[str, Any]:
-    py = sys.executable
+    py = base_python if name.endswith(BASE_SUFFIX) and base_python else sys.executable
     out = work / f"{name}-{round_}.json"
     log = work / f"{name}-{round_}.log"
     limit_args = ["--limit", str(limit)] if limit is not None else []
-    if name == "ours":
+    if name.startswith("ours"):
         run_dir = work / f"ours-{round_}"
         cmd = [
             str(Path(py).parent / "clf-train"),
@@ -131,7 +140,7 @@ def run_contender(
     if proc["rc"] != 0:
         result["error"] = log.read_text()[-1500:]
         return result
-    if name == "ours":
+    if name.startswith("ours"):
         metrics = json.loads((run_dir / "metrics.json").read_text())
         steps = STEPS_CACHE.setdefault(limit, steps_of_ours(limit))
         result.update(
@@ -224,7 +233,7 @@ def results_table(best: dict[str, dict[str, Any] | None], rounds: dict[str, list
         "| final class-IL avg acc (%), mean over seeds | per seed |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name in CONTENDERS:
+    for name in rounds:
         r = best.get(name)
         if r is None:
             err = next((x.get("error", "") for x in rounds.get(name, [])), "not run")
@@ -242,28 +251,33 @@ def results_table(best: dict[str, dict[str, Any] | None], rounds: dict[str, list
     return "\n".join(lines)
 
 
+RATIOS = (
+    ("ours", "hand-written", TARGET_VS_HAND),
+    ("ours", "hand-written-joint", None),
+    ("ours", "avalanche-lean", TARGET_VS_AVALANCHE),
+    ("ours", "avalanche-default", TARGET_VS_AVALANCHE),
+    (BASE_CONTENDERS[0], BASE_CONTENDERS[1], TARGET_VS_HAND),
+)
+
+
 def ratios_table(best: dict[str, dict[str, Any] | None], rounds: dict[str, list]) -> str:
-    ours = best.get("ours")
     lines = [
         "| ratio | train time | train CPU time | target | met (time / CPU) "
         f"| whole process (wall) | met (process <= {TARGET_PROCESS_VS_HAND}) "
         "| accuracy gap (points) |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for other, target in (
-        ("hand-written", TARGET_VS_HAND),
-        ("hand-written-joint", None),
-        ("avalanche-lean", TARGET_VS_AVALANCHE),
-        ("avalanche-default", TARGET_VS_AVALANCHE),
-    ):
-        r = best.get(other)
+    for mine, other, target in RATIOS:
+        ours, r = best.get(mine), best.get(other)
+        if mine not in rounds:
+            continue  # the base-install pair when no --base-python was given
         if ours is None or r is None:
-            lines.append(f"| ours / {other} | - | - | {target or '-'} | - | - | - | - |")
+            lines.append(f"| {mine} / {other} | - | - | {target or '-'} | - | - | - | - |")
             continue
         ratio = ours["train_time_s"] / r["train_time_s"]
-        cpu_o, cpu_r = min_cpu(rounds.get("ours", [])), min_cpu(rounds.get(other, []))
+        cpu_o, cpu_r = min_cpu(rounds.get(mine, [])), min_cpu(rounds.get(other, []))
         cpu_ratio = cpu_o / cpu_r if cpu_o and cpu_r else None
-        gap = (mean_acc(rounds.get("ours", [])) or 0.0) - (mean_acc(rounds.get(other, [])) or 0.0)
+        gap = (mean_acc(rounds.get(mine, [])) or 0.0) - (mean_acc(rounds.get(other, [])) or 0.0)
         process = ours["process_wall_s"] / r["process_wall_s"]
         process_met = (
             ("yes" if process <= TARGET_PROCESS_VS_HAND else "no")
@@ -278,7 +292,7 @@ def ratios_table(best: dict[str, dict[str, Any] | None], rounds: dict[str, list]
                 "-" if x is None else ("yes" if x <= target else "no") for x in (ratio, cpu_ratio)
             )
         lines.append(
-            f"| ours / {other} | {ratio:.2f} | {fmt(cpu_ratio, 2)} | {goal} | {met} "
+            f"| {mine} / {other} | {ratio:.2f} | {fmt(cpu_ratio, 2)} | {goal} | {met} "
             f"| {process:.2f} | {process_met} | {gap:+.2f} |"
         )
     return "\n".join(lines)
@@ -299,7 +313,7 @@ PROCESS_ROWS = (
     ("checkpoint", ("checkpoint",), ()),
     ("outputs: metrics.json, CSV, plots", ("outputs (files, plots)",), ()),
 )
-PROCESS_CONTENDERS = ("ours", "hand-written", "hand-written-joint")
+PROCESS_CONTENDERS = ("ours", "hand-written", "hand-written-joint", *BASE_CONTENDERS)
 
 
 def process_table(best: dict[str, dict[str, Any] | None]) -> str:
@@ -324,15 +338,20 @@ def process_table(best: dict[str, dict[str, Any] | None]) -> str:
     for label, ours_keys, other_keys in PROCESS_ROWS:
         values: dict[str, float | None] = {}
         for c in present:
-            keys = ours_keys if c == "ours" else other_keys
+            keys = ours_keys if c.startswith("ours") else other_keys
             phases = best[c]["phases"]
             values[c] = sum(float(phases.get(k, 0.0)) for k in keys) if keys else None
             covered[c] += values[c] or 0.0
         listed.update(ours_keys)
         row(label, values)
-    rest = sum(v for k, v in best["ours"]["phases"].items() if k not in listed)
-    covered["ours"] += rest
-    row("other phases of ours (plug-in hooks)", {"ours": rest})
+    rests = {
+        c: sum(v for k, v in best[c]["phases"].items() if k not in listed)
+        for c in present
+        if c.startswith("ours")
+    }
+    for c, rest in rests.items():
+        covered[c] += rest
+    row("other phases of ours (plug-in hooks)", rests)
     row(
         "interpreter exit, unaccounted",
         {c: best[c]["process_wall_s"] - covered[c] for c in present},
@@ -509,6 +528,9 @@ minimum over rounds, the other timing columns come from the round with the short
 - **hand-written-joint**: the same loop with one forward of the 30 stream + replay rows instead
   of three forwards of 10 (identical losses for this MLP, which has no batch-dependent layer):
   the lower bound of a DER++ restructured the way Avalanche's DER computes it.
+- **ours-base-install / hand-written-base-install** (with `--base-python`, as `make bench`
+  does): the same two runs in `.venv-base`, a venv with the package's base dependencies only
+  (no `[dev,sweep,avalanche,diffusers]` extras), i.e. the start-up a default install has.
 - **avalanche-lean / -default**: `avalanche.training.DER` as shipped, built with
   `nc_benchmark` from the same tensors; *lean* = `EvaluationPlugin` with no metrics and no
   loggers, *default* = Avalanche's default evaluator (accuracy + loss metrics, interactive
@@ -580,6 +602,12 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="100 batches per experience")
     parser.add_argument("--skip-avalanche", action="store_true")
+    parser.add_argument(
+        "--base-python",
+        default=None,
+        help="interpreter of a venv with the base dependencies only: adds the "
+        f"'{BASE_CONTENDERS[0]}' and '{BASE_CONTENDERS[1]}' rows (`make bench` makes one)",
+    )
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
     parser.add_argument("--keep", default=None, help="keep logs/JSON of the children here")
@@ -589,6 +617,8 @@ def main() -> None:
     env = child_env(args.threads)
     limit = 100 if args.quick else None
     contenders = [c for c in CONTENDERS if not (args.skip_avalanche and "avalanche" in c)]
+    if args.base_python:
+        contenders += BASE_CONTENDERS
     work_ctx = tempfile.TemporaryDirectory(prefix="clf-bench-")
     work = Path(args.keep) if args.keep else Path(work_ctx.name)
     work.mkdir(parents=True, exist_ok=True)
@@ -609,7 +639,7 @@ def main() -> None:
             print(f"skipping rounds {r}.. : they would end past the {args.budget_s:.0f} s budget")
             break
         for name in contenders:
-            res = run_contender(name, work, env, limit, r)
+            res = run_contender(name, work, env, limit, r, args.base_python)
             rounds[name].append(res)
             status = (
                 f"train {res['train_time_s']:.2f}s acc {res['final_avg_acc']:.2f}"
