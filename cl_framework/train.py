@@ -211,11 +211,10 @@ def hydra_main(cfg: DictConfig) -> float:
     import_started = time.perf_counter()
     quiet_lightning()
     startup_s = {IMPORT_PHASE: time.perf_counter() - import_started}
-    job = HydraConfig.get()
-    if before is not None and (job.mode != RunMode.MULTIRUN or job.job.num == 0):
+    hydra_cfg = HydraConfig.get()
+    if before is not None and (hydra_cfg.mode != RunMode.MULTIRUN or hydra_cfg.job.num == 0):
         startup_s = {STARTUP_PHASE: before, **startup_s}
     quiet_other_ranks(cfg)
-    hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
     try:
         check_added_strategies(
